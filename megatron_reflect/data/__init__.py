@@ -1,0 +1,1 @@
+"""Data flow: corpus -> segments -> labels -> rendered pieces -> tokens + metadata -> indexed dataset."""
