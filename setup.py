@@ -45,6 +45,8 @@ setup(
     description="Safety Reflection Pretraining (SRP) on Megatron-Core: data, training, conversion, evaluation",
     python_requires=">=3.12,<3.14",
     packages=find_packages(include=["megatron_reflect", "megatron_reflect.*"]),
+    # the embedded safety classifier's weights and metrics (tools/train_classifier.py)
+    package_data={"megatron_reflect.data": ["artifacts/*.npz", "artifacts/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

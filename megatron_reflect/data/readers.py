@@ -1,0 +1,135 @@
+"""Streamed corpus readers: jsonl (plain, .gz, .zst) and parquet -> ``Document`` or ``Skipped``.
+
+WHY: a pretraining corpus is too big to hold in memory and always has some broken
+records.  Readers stream one record at a time and never raise on a bad record: a
+malformed JSON line, a missing or non-string key, empty text, invalid UTF-8 or a
+gigantic document becomes ``Skipped(source, line, reason)`` so the caller can count it
+(or, in strict mode, turn it into a ``DataError`` with :meth:`Skipped.error`).
+Cost: one decode of each line; memory is one record (one parquet batch).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Sequence
+
+from megatron_reflect.data.types import Document
+from megatron_reflect.errors import DataError
+
+# A document larger than this (characters) is skipped: it would dominate a shard and
+# is almost always a dump, not prose.  Callers can raise it.
+DEFAULT_MAX_CHARS = 5_000_000
+PARQUET_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A record that was not read, located by file and 1-based line (row for parquet)."""
+
+    source: str
+    line: int
+    reason: str
+
+    def error(self) -> DataError:
+        return DataError(f"{self.source}:{self.line}: {self.reason}")
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        raw = open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))  # type: ignore[arg-type]
+    return open(path, "rb")
+
+
+def _document(record: Any, source: str, name: str, line: int, json_keys: Sequence[str], id_key: str,
+              max_chars: int) -> Document | Skipped:
+    if not isinstance(record, dict):
+        return Skipped(source, line, f"record is a JSON {type(record).__name__}, not an object")
+    texts = []
+    for key in json_keys:
+        value = record.get(key)
+        if value is None:
+            return Skipped(source, line, f"missing key '{key}'")
+        if not isinstance(value, str):
+            return Skipped(source, line, f"key '{key}' is a {type(value).__name__}, not a string")
+        texts.append(value)
+    text = "\n\n".join(texts)
+    if not text.strip():
+        return Skipped(source, line, "empty text")
+    if len(text) > max_chars:
+        return Skipped(source, line, f"document of {len(text)} characters exceeds the limit of {max_chars}")
+    raw_id = record.get(id_key)
+    doc_id = str(raw_id) if raw_id is not None else f"{name}:{line}"
+    fields = {k: v for k, v in record.items() if k not in json_keys}
+    return Document(doc_id=doc_id, text=text, source=source, line=line, fields=fields)
+
+
+def _iter_jsonl(path: Path, json_keys: Sequence[str], id_key: str, max_chars: int) -> Iterator[Document | Skipped]:
+    source = str(path)
+    # A line of more than 4 bytes per allowed character cannot be within the limit:
+    # reject it before decoding.
+    max_bytes = 4 * max_chars + 1024
+    with _open_binary(path) as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if len(raw) > max_bytes:
+                yield Skipped(source, line_no, f"line of {len(raw)} bytes exceeds the document limit "
+                                               f"of {max_chars} characters")
+                continue
+            try:
+                decoded = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield Skipped(source, line_no, f"invalid UTF-8 at byte {e.start}")
+                continue
+            if not decoded.strip():
+                continue  # blank line: not a record
+            try:
+                record = json.loads(decoded)
+            except json.JSONDecodeError as e:
+                yield Skipped(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}")
+                continue
+            yield _document(record, source, path.name, line_no, json_keys, id_key, max_chars)
+
+
+def _iter_parquet(path: Path, json_keys: Sequence[str], id_key: str, max_chars: int) -> Iterator[Document | Skipped]:
+    import pyarrow.parquet as pq
+
+    source = str(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise DataError(f"{path}: not a readable parquet file ({e})") from e
+    missing = [k for k in json_keys if k not in pf.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path}: parquet file has no column {missing} (columns: {pf.schema_arrow.names})")
+    row = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for record in batch.to_pylist():
+            row += 1
+            yield _document(record, source, path.name, row, json_keys, id_key, max_chars)
+
+
+def iter_records(path: str | Path, json_keys: Sequence[str] = ("text",), id_key: str = "id",
+                 max_chars: int = DEFAULT_MAX_CHARS) -> Iterator[Document | Skipped]:
+    """Stream the records of one corpus file as ``Document`` or ``Skipped``, in file order.
+
+    ``doc_id`` is ``record[id_key]`` when present, else ``"<file name>:<line>"``.  Several
+    ``json_keys`` are joined with a blank line into one text.  Raises ``DataError`` only
+    for a file that cannot be read at all (missing, unknown format, parquet without the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such input file")
+    name = path.name
+    if name.endswith(".parquet"):
+        return _iter_parquet(path, json_keys, id_key, max_chars)
+    if any(name.endswith(ext) for ext in (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")):
+        return _iter_jsonl(path, json_keys, id_key, max_chars)
+    raise DataError(f"{path}: unknown corpus format (expected .jsonl, .jsonl.gz, .jsonl.zst or .parquet)")
