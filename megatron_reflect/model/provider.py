@@ -54,8 +54,12 @@ def resolve_layer_spec(model: ModelConfig, precision: PrecisionConfig) -> Litera
 
 
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
-                             precision: PrecisionConfig | None = None):
-    """The megatron TransformerConfig for a Llama-family model."""
+                             precision: PrecisionConfig | None = None, init_weights: bool = True):
+    """The megatron TransformerConfig for a Llama-family model.
+
+    ``init_weights=False`` leaves parameters uninitialised (for callers that overwrite every
+    weight, e.g. checkpoint import: random init of a 1.7B model costs minutes on a CPU).
+    """
     from megatron.core.transformer import TransformerConfig
 
     precision = precision or PrecisionConfig()
@@ -88,7 +92,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         sequence_parallel=parallel.sequence_parallel,
         use_cpu_initialization=not on_gpu,
-        perform_initialization=True,
+        perform_initialization=init_weights,
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -107,13 +111,13 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
 
 
 def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: PrecisionConfig | None = None,
-                    pre_process: bool | None = None, post_process: bool | None = None):
+                    pre_process: bool | None = None, post_process: bool | None = None, init_weights: bool = True):
     """A GPTModel for this rank's pipeline stage (pre/post-process derived from parallel_state)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     precision = precision or PrecisionConfig()
-    config = build_transformer_config(model, parallel, precision)
+    config = build_transformer_config(model, parallel, precision, init_weights)
     if resolve_layer_spec(model, precision) == "te":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
