@@ -8,6 +8,7 @@ dataclass is all the conversion tools need to map names and shapes to Hugging Fa
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -33,7 +34,13 @@ class ModelConfig:
     layer_spec: Literal["auto", "local", "te"] = "auto"
 
     def padded_vocab_size(self, tensor_parallel_size: int = 1) -> int:
-        multiple = self.make_vocab_size_divisible_by * tensor_parallel_size
+        """Rows of the embedding: a multiple of ``make_vocab_size_divisible_by`` and of the TP size.
+
+        The least common multiple, not Megatron-LM's product (divisible_by x TP): padded
+        logits take part in the softmax, so a padding that changed with TP would make a
+        checkpoint give different losses in another layout (and not load into it).
+        """
+        multiple = math.lcm(self.make_vocab_size_divisible_by, tensor_parallel_size)
         return ((self.vocab_size + multiple - 1) // multiple) * multiple
 
     @property

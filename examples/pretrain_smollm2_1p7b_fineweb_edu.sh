@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# SmolLM2-1.7B from scratch on FineWeb-Edu with safety reflections (SRP), on H100 nodes, with torchrun.
+#
+# Data (once, CPU nodes are fine; see tools/preprocess_data.py --help):
+#   python tools/label_corpus.py   --input '/data/fineweb-edu/*.parquet' --labels-dir /data/fwe_labels ...
+#   python tools/preprocess_data.py --input '/data/fineweb-edu/*.parquet' --output-prefix /data/fwe/reflect \
+#          --labels-dir /data/fwe_labels --workers 64          # SmolLM2 tokenizer (49,152) by default
+#
+# One node:   examples/pretrain_smollm2_1p7b_fineweb_edu.sh
+# Multi-node: on every node, NNODES=8 NODE_RANK=<0..7> MASTER_ADDR=<node 0> examples/pretrain_...sh
+#             (or sbatch examples/pretrain_smollm2_1p7b_fineweb_edu.sbatch)
+# Extra arguments are config overrides, e.g. schedule.train_steps=1000 precision.fp8=none
+# Rerunning the same command resumes from the newest checkpoint in $RUN_DIR/checkpoints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+DATA_PREFIX=${DATA_PREFIX:-/data/fwe/reflect}
+RUN_DIR=${RUN_DIR:-runs/smollm2-1.7b-srp}
+TP=${TP:-1}   # 1.7B fits one H100 with the distributed optimizer; TP=2 for longer sequences
+PP=${PP:-1}
+FP8=${FP8:-tensorwise}   # tensorwise current scaling (H100 default) | delayed | none (bf16 only)
+
+export CUDA_DEVICE_MAX_CONNECTIONS=1   # lets megatron overlap TP communication with compute
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+export HF_HUB_OFFLINE=1
+
+exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+    tools/train.py --recipe smollm2-1.7b \
+    run_dir="$RUN_DIR" data.blend="[$DATA_PREFIX]" \
+    parallel.tensor_model_parallel_size="$TP" parallel.pipeline_model_parallel_size="$PP" \
+    precision.dtype=bf16 precision.fp8="$FP8" \
+    "$@"

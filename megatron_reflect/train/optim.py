@@ -1,0 +1,183 @@
+"""Optimizer, learning-rate schedules (WSD, cosine) and model-parallel gradient clipping.
+
+Two optimizer paths behind one small interface (``step() -> grad norm``):
+
+* GPU: megatron-core's ``get_megatron_optimizer`` over megatron DDP (distributed
+  optimizer, bf16 master weights in fp32, clipping inside), imported only when CUDA is
+  present;
+* CPU: ``torch.optim.AdamW`` plus :func:`clip_grad_norm` below, because megatron's
+  optimizer wrappers and clipping allocate on CUDA (research/megatron-core-on-cpu.md).
+
+The schedule is a pure function of the step (:func:`lr_at`), so resuming needs nothing
+but the step number, and the LR is written into the param groups before each step.
+Norms and biases get no weight decay on both paths.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from megatron_reflect.train.config import OptimConfig, ScheduleConfig
+
+
+def lr_at(step: int, optim: OptimConfig, schedule: ScheduleConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based)."""
+    lr, min_lr, total = optim.lr, optim.min_lr, schedule.train_steps
+    warmup = schedule.warmup_steps
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule.lr_schedule == "constant":
+        return lr
+    if schedule.lr_schedule == "cosine":
+        span = max(total - warmup, 1)
+        progress = min((step - warmup) / span, 1.0)
+        return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    # WSD: warmup, stable at lr, decay over the last decay_fraction of the run.
+    decay_steps = int(round(schedule.decay_fraction * total))
+    decay_start = total - decay_steps
+    if decay_steps == 0 or step < decay_start:
+        return lr
+    progress = min((step - decay_start + 1) / decay_steps, 1.0)
+    if schedule.decay_style == "linear":
+        factor = 1.0 - progress
+    elif schedule.decay_style == "1-sqrt":
+        factor = 1.0 - math.sqrt(progress)
+    else:
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr + (lr - min_lr) * factor
+
+
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    return param.dim() < 2 or name.endswith(".bias")
+
+
+def param_groups(model_chunks: list[torch.nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for chunk in model_chunks:
+        for name, p in chunk.named_parameters():
+            if p.requires_grad:
+                (no_decay if _no_decay(name, p) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _owned_grads(model_chunks: list[torch.nn.Module]) -> list[torch.Tensor]:
+    """Gradients this rank contributes to the global norm (each value counted once)."""
+    from megatron.core import parallel_state
+
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    grads = []
+    for chunk in model_chunks:
+        tied_copy = None
+        if getattr(chunk, "share_embeddings_and_output_weights", False) and not getattr(chunk, "pre_process", True):
+            tied_copy = chunk.shared_embedding_or_output_weight()
+        for p in chunk.parameters():
+            if p.grad is None or p is tied_copy:
+                continue
+            if tp_rank > 0 and not getattr(p, "tensor_model_parallel", False):
+                continue
+            grads.append(p.grad)
+    return grads
+
+
+@torch.no_grad()
+def grad_norm(model_chunks: list[torch.nn.Module]) -> torch.Tensor:
+    """Global L2 norm of the gradients across TP and PP ranks (DP replicas hold equal grads).
+
+    Tensor-parallel shards are summed over the TP group, replicated parameters (norms)
+    counted once, and the tied output weight of the last pipeline stage skipped (it is a
+    copy of the first stage's embedding), as megatron's own clipping does.
+    """
+    from megatron.core import parallel_state
+
+    grads = _owned_grads(model_chunks)
+    local = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+    squared = local.double().square()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        group = parallel_state.get_model_parallel_group()
+        if group.size() > 1:
+            dist.all_reduce(squared, group=group)
+    return squared.sqrt()
+
+
+@torch.no_grad()
+def clip_grad_norm(model_chunks: list[torch.nn.Module], max_norm: float) -> float:
+    """Scale all gradients so the global norm is at most ``max_norm``; returns the norm before."""
+    norm = float(grad_norm(model_chunks))
+    coef = max_norm / (norm + 1e-6)
+    if max_norm > 0 and coef < 1.0:  # no pass over the gradients when they are within bounds
+        grads = [p.grad for chunk in model_chunks for p in chunk.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, coef)
+    return norm
+
+
+class Optimizer(Protocol):
+    """What the loop needs from either optimizer path."""
+
+    def zero_grad(self) -> None: ...
+    def set_lr(self, lr: float) -> None: ...
+    def step(self) -> float: ...  # returns the gradient norm before clipping
+
+
+class TorchOptimizer:
+    """CPU path: torch AdamW over the local shards, model-parallel-aware clipping."""
+
+    def __init__(self, model_chunks: list[torch.nn.Module], cfg: OptimConfig) -> None:
+        self.model_chunks = model_chunks
+        self.clip = cfg.clip_grad
+        # foreach: one multi-tensor kernel per state tensor kind instead of a Python loop over
+        # parameters (torch only picks it by default for CUDA tensors); same maths.
+        self.inner = torch.optim.AdamW(param_groups(model_chunks, cfg.weight_decay), lr=cfg.lr,
+                                       betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad(set_to_none=True)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.inner.param_groups:
+            group["lr"] = lr
+
+    def step(self) -> float:
+        norm = clip_grad_norm(self.model_chunks, self.clip)
+        self.inner.step()
+        return norm
+
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.inner.param_groups for p in g["params"]]
+
+    def init_state(self) -> None:
+        """Create AdamW's moment buffers (zeros) so a checkpoint can be loaded into them."""
+        for p in self.params():
+            state = self.inner.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+class MegatronOptimizer:
+    """GPU path: megatron's (distributed) optimizer; clipping and the norm come from it."""
+
+    def __init__(self, model_chunks: list[torch.nn.Module], cfg: OptimConfig, bf16: bool,
+                 distributed: bool = True) -> None:
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        config = OptimizerConfig(optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+                                 adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, adam_eps=cfg.eps,
+                                 clip_grad=cfg.clip_grad, bf16=bf16, params_dtype=torch.bfloat16 if bf16
+                                 else torch.float32, use_distributed_optimizer=distributed)
+        self.inner = get_megatron_optimizer(config, model_chunks)
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.inner.param_groups:
+            group["lr"] = lr
+
+    def step(self) -> float:
+        _, norm, _ = self.inner.step()
+        return float(norm) if norm is not None else float("nan")
