@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Reflection-compatible SFT of a Hugging Face causal LM on packaged chat data.
+
+  python tools/sft.py --model smollm2 --out runs/sft-smollm2 [--steps 200 --lr 2e-5 --batch-size 8 --lora]
+
+Targets carry a reflection on the prompt, inline Safe reflections in benign answers, and
+the end-of-turn token right after an Unsafe reflection (pyrit's many-shot pairs: harmful ->
+Unsafe + stop, or a few prefilled harmful words then Unsafe + stop; not harmful -> Safe +
+answer).  The loss covers the answer only.  Runs tiny on CPU and real-size on GPU (--device).
+The output directory (written atomically) is a HF model with reflection_format.json and
+sft_summary.json (loss before/after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from megatron_reflect.errors import ReflectError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    from megatron_reflect.posttrain.sft import SFTDataConfig, SFTRunConfig, TrainConfig, run_sft
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2", help="HF model dir, or 'smollm2' (packaged)")
+    p.add_argument("--out", required=True, help="output HF directory")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--max-length", type=int, default=TrainConfig.max_length)
+    p.add_argument("--n-harmful", type=int, default=SFTDataConfig.n_harmful, help="harmful pairs (<= 283)")
+    p.add_argument("--n-benign", type=int, default=SFTDataConfig.n_benign, help="not-harmful pairs (<= 117)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on GPU")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    from megatron_reflect.packaged import smollm2_hf_dir
+
+    model_dir = str(smollm2_hf_dir()) if a.model == "smollm2" else a.model
+    cfg = SFTRunConfig(model_dir=model_dir, out_dir=a.out,
+                       data=SFTDataConfig(n_harmful=a.n_harmful, n_benign=a.n_benign, seed=a.seed),
+                       train=TrainConfig(lr=a.lr, steps=a.steps, batch_size=a.batch_size, max_length=a.max_length,
+                                         lora=a.lora, bf16=a.bf16, device=a.device, seed=a.seed, progress=True))
+    try:
+        summary = run_sft(cfg)
+    except ReflectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("examples", "loss_before", "loss_after")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
