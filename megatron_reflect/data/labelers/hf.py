@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from megatron_reflect.data.labelers.base import LabelerError
-from megatron_reflect.data.labelers.qwen3guard import parse_guard_answer
+from megatron_reflect.data.labelers.qwen3guard import label_or_fallback
 from megatron_reflect.data.types import Document, Label, Segment
 from megatron_reflect.reflection import Verdict
 
@@ -70,12 +70,5 @@ class HFGuardLabeler:
             self.stats["generated"] += len(idx)
         return answers
 
-    def to_label(self, answer: str) -> Label:
-        label = parse_guard_answer(answer)
-        if label is None:
-            self.stats["unparseable"] += 1
-            return Label(self.fallback)
-        return label
-
     def label(self, segments: Sequence[Segment], documents: dict[str, Document]) -> list[Label]:
-        return [self.to_label(a) for a in self.generate([s.text for s in segments])]
+        return [label_or_fallback(a, self.fallback, self.stats) for a in self.generate([s.text for s in segments])]

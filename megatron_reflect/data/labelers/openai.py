@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from megatron_reflect.data.labelers.base import LabelerError
-from megatron_reflect.data.labelers.qwen3guard import parse_guard_answer
+from megatron_reflect.data.labelers.qwen3guard import label_or_fallback
 from megatron_reflect.data.labels import text_hash
 from megatron_reflect.data.types import Document, Label, Segment
 from megatron_reflect.reflection import QWEN3GUARD_CATEGORIES, Verdict
@@ -132,13 +132,6 @@ class OpenAILabeler:
                 raise LabelerError(f"{self.url}: not an OpenAI chat completion response ({e})") from e
         raise LabelerError(f"{self.url}: no answer after {self.cfg.max_retries + 1} attempts (last: {last})")
 
-    def _to_label(self, answer: str) -> Label:
-        label = parse_guard_answer(answer)
-        if label is None:
-            self.stats["unparseable"] += 1
-            return Label(self.fallback)
-        return label
-
     def label(self, segments: Sequence[Segment], documents: dict[str, Document]) -> list[Label]:
         hashes = [text_hash(s.text) for s in segments]
         answers = self.cache.get(self.cfg.model, hashes) if self.cache else {}
@@ -159,4 +152,4 @@ class OpenAILabeler:
             if error is not None:
                 raise error
             answers.update(fresh)
-        return [self._to_label(answers[h]) for h in hashes]
+        return [label_or_fallback(answers[h], self.fallback, self.stats) for h in hashes]

@@ -46,3 +46,12 @@ def parse_guard_answer(answer: str, categories: Sequence[str] = QWEN3GUARD_CATEG
 def format_guard_answer(label: Label) -> str:
     """The answer Qwen3Guard-Gen would give for ``label`` (used by servers that imitate it)."""
     return f"Safety: {label.verdict.value}\nCategories: {label.category or 'None'}"
+
+
+def label_or_fallback(answer: str, fallback: Verdict, stats: dict[str, int]) -> Label:
+    """Parse a guard answer; an unparseable one gets ``fallback`` and is counted in ``stats``."""
+    label = parse_guard_answer(answer)
+    if label is None:
+        stats["unparseable"] += 1
+        return Label(fallback)
+    return label
