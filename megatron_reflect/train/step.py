@@ -79,7 +79,7 @@ def reflection_loss(
     loss_mask = loss_mask.float()
     per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
     is_refl = ((meta & KIND_MASK) != 0).float() * loss_mask
-    is_text = (1.0 - (meta & KIND_MASK != 0).float()) * loss_mask
+    is_text = loss_mask - is_refl
     weight = is_text + cfg.reflection_loss_weight * is_refl
     num_tokens = (weight > 0).sum().to(torch.int)
     loss_sum = (per_token * weight).sum()
