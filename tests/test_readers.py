@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from megatron_reflect.data.readers import Skipped, iter_records
+from megatron_reflect.data.readers import START, Skipped, iter_positioned, iter_records
 from megatron_reflect.data.types import Document
 from megatron_reflect.errors import DataError
 
@@ -87,3 +87,25 @@ def test_strict_error_and_file_errors(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"body": "x"}]), tmp_path / "y.parquet")
     with pytest.raises(DataError, match=r"no column \['text'\]"):
         list(iter_records(tmp_path / "y.parquet"))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet"])
+def test_resume_from_any_position_yields_the_rest(tmp_path, suffix):
+    """Restarting after the position of record k yields exactly records k+1.. (with their lines)."""
+    path = tmp_path / f"corpus{suffix}"
+    if suffix == ".parquet":
+        rows = [{"id": f"p{i}", "text": f"Doc {i}." if i != 3 else None} for i in range(2100)]
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=700)
+    else:
+        data = _bad_lines()
+        data = gzip.compress(data) if suffix.endswith(".gz") else (
+            zstandard.ZstdCompressor().compress(data) if suffix.endswith(".zst") else data)
+        path.write_bytes(data)
+    full = list(iter_positioned(path, max_chars=100))
+    assert [p.records for _, p in full] == list(range(1, len(full) + 1))
+    assert [r for r, _ in full] == list(iter_records(path, max_chars=100))
+    ks = range(len(full)) if suffix != ".parquet" else (0, 1, 699, 700, 1400, 2098, 2099)
+    for k in ks:
+        start = full[k][1] if k else START
+        rest = list(iter_positioned(path, max_chars=100, start=start))
+        assert rest == full[k + 1 if k else 0:], k

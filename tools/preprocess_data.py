@@ -13,7 +13,11 @@ Writes <prefix>_text_document.{bin,idx} (tokens, a stock Megatron dataset), <pre
 
 Bad records (malformed JSON, missing key, empty text, invalid UTF-8, gigantic document, labeler
 or endpoint failure) are skipped and listed with file and line in the stats; --strict stops at the
-first one instead.  --resume skips the shards (input file x partition) a previous run finished.
+first one instead.  Work is committed every --chunk-tokens tokens: --resume after a kill (even a
+SIGKILL) keeps the finished shards (input file x partition) and continues a partial one from its
+last commit, so at most one chunk is redone.  Plain mode, stored labels and the oracle labeler run
+in one process with --workers tokenizer threads; an in-line labeler uses --workers processes.
+Neither torch nor megatron.core is imported.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 
 from megatron_reflect.errors import ReflectError
 
@@ -39,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="HF tokenizer dir or SentencePiece .model (default: the packaged SmolLM2 tokenizer)")
     io.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=True,
                     help="append the EOD token to each document (default: on; packing needs it)")
-    io.add_argument("--workers", type=int, default=1, help="tokenizer/labeler worker processes")
+    io.add_argument("--workers", type=int, default=1,
+                    help="tokenizer threads (labeller processes when an in-line labeler runs)")
     io.add_argument("--partitions", type=int, default=1,
                     help="split each input file into N shards (resumable units), merged at the end")
     io.add_argument("--max-chars", type=int, default=None, help="skip documents longer than this")
@@ -65,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     c.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     c.add_argument("--resume", action="store_true", help="skip shards finished by a previous run")
     c.add_argument("--batch-docs", type=int, default=64, help="documents per worker task")
+    c.add_argument("--chunk-tokens", type=int, default=4_000_000,
+                   help="commit the work every N tokens (a killed run redoes at most one chunk)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -88,13 +94,13 @@ def config_from_args(args: argparse.Namespace):
         mode=args.mode, labeler=args.labeler, labeler_options=labeler_options, labels_dir=args.labels_dir,
         segment_words=args.segment_words, template=template, filter_max_flagged=args.filter_max_flagged,
         filter_min_score=args.filter_min_score, rewriter=args.rewriter, rewriter_options=rewriter_options,
-        workers=args.workers, partitions=args.partitions, batch_docs=args.batch_docs, max_chars=args.max_chars,
+        workers=args.workers, partitions=args.partitions, batch_docs=args.batch_docs, chunk_tokens=args.chunk_tokens,
+        max_chars=args.max_chars,
         strict=args.strict, resume=args.resume, progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", category=UserWarning)  # megatron-core's import-time notices
     from megatron_reflect.data.preprocess import preprocess
 
     try:
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = {k: stats[k] for k in ("documents", "filtered_documents", "tokens", "reflection_tokens",
                                      "overhead_pct", "verdicts", "skipped_count")}
+    summary.update(stats.get("run", {"documents_written": 0, "documents_resumed": stats["documents"]}))
     print(json.dumps(summary, indent=1))
     for s in stats["skipped"][:10]:
         print(f"skipped {s['source']}:{s['line']}: {s['reason']}", file=sys.stderr)

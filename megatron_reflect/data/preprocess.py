@@ -1,17 +1,32 @@
 """Corpus files -> a paired (tokens + reflection metadata) Megatron dataset, with stats.
 
-Pipeline per document: read -> segment -> label (a labeler) -> render (mode) -> tokenize
-pieces (+ EOD).  With labels stored by ``tools/label_corpus.py`` (``labels_dir``) the
-segments are the stored spans, each checked against its text hash (a changed document is
-skipped), so rendering again costs no segmentation and no labelling.  Worker processes run
-the per-document pipeline on batches of documents; the parent process is the one writer.
+Pipeline per batch of documents: read -> segment -> label (a labeler) -> render (mode) ->
+tokenize the pieces (+ EOD) -> flat numpy arrays.  With labels stored by
+``tools/label_corpus.py`` (``labels_dir``) the segments are the stored spans, each checked
+against its text hash (a changed document is skipped), so rendering again costs no
+segmentation and no labelling.
 
-Shards: each input file, split into ``partitions`` parts (record ``i`` goes to part ``i mod N``),
-is one shard written to ``<prefix>.shards/`` and merged into ``<prefix>`` with ``add_index``.
-A finished shard has its stats file, so ``resume`` skips it.  A bad record is skipped and
-listed (file, line, reason) in the stats, or raises with ``strict``; nothing is renamed into
-place before it is complete.  Cost: dominated by tokenization (and by the labeler when labels
-are not stored).
+Parallelism: where the per-document work is cheap (plain mode, stored labels, the oracle
+labeler) one process does it and the tokenizer encodes each batch on ``workers`` Rust
+threads, in a background thread while the main thread reads, parses and writes (nothing
+is pickled between processes).  Where an in-line labeler or rewriter does real work in
+Python, ``workers`` forked processes run the whole pipeline on batches instead.  Both
+give the same bytes.
+
+Shards and chunks: each input file, split into ``partitions`` parts (record ``i`` goes to
+part ``i mod N``), is one shard written to ``<prefix>.shards/`` and merged into
+``<prefix>``.  A shard is appended in chunks of about ``chunk_tokens`` tokens; after each
+chunk the data and the reader's position are committed (``ResumablePairedWriter``), so a
+job killed at any point (SIGKILL, OOM killer, preemption) and rerun with ``resume`` loses
+at most the chunk it was writing: finished shards are kept, and a partial one continues
+from its last commit (a seek into a plain jsonl file).  A bad record is skipped and listed
+(file, line, reason) in the stats, or raises with ``strict``; nothing is renamed into
+place before it is complete.  Cost: dominated by tokenization (and by the labeler when
+labels are not stored).
+
+Test hook (documented so that kill tests are deterministic, not timing-dependent): with
+``MEGATRON_REFLECT_PAUSE_AFTER_CHUNKS=K`` in the environment, the job prints a line to
+stderr and sleeps once it has committed K chunks and written, uncommitted, part of the next.
 """
 
 from __future__ import annotations
@@ -23,21 +38,26 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import time
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from megatron_reflect.data.indexed import PairedWriter, dataset_files, is_complete, stats_path, write_json_atomic
+from megatron_reflect.data.indexed import (PairedWriter, ResumablePairedWriter, dataset_files, is_complete,
+                                           stats_path, write_json_atomic)
+from megatron_reflect.data.readers import START, ReadPosition
 from megatron_reflect.data.render import MODES, build_rewriter, render
-from megatron_reflect.data.tokenizers import Tokenizer, as_arrays, build_tokenizer
-from megatron_reflect.data.types import Document, Label, Segment
+from megatron_reflect.data.tokenizers import Tokenizer, build_tokenizer
+from megatron_reflect.data.types import Document, Label, Piece, Segment
 from megatron_reflect.errors import ConfigError, DataError, ReflectError
-from megatron_reflect.reflection import KIND_MASK, TEXT, ReflectionTemplate, is_verdict_token
+from megatron_reflect.reflection import KIND_MASK, VERDICT_FLAG, ReflectionTemplate, Verdict
 
 MAX_LISTED_SKIPS = 1000
+PAUSE_ENV = "MEGATRON_REFLECT_PAUSE_AFTER_CHUNKS"
 
 
 @dataclass
@@ -64,6 +84,7 @@ class PreprocessConfig:
     workers: int = 1
     partitions: int = 1
     batch_docs: int = 64
+    chunk_tokens: int = 4_000_000
     max_chars: int | None = None
     strict: bool = False
     resume: bool = False
@@ -80,25 +101,42 @@ class PreprocessConfig:
                 "rewriter": self.rewriter if self.mode == "rewrite" else None,
                 "partitions": self.partitions}))
 
-
-@dataclass
-class Outcome:
-    """What a worker returns for one record."""
-
-    tokens: np.ndarray | None = None
-    meta: np.ndarray | None = None
-    verdicts: Counter = field(default_factory=Counter)
-    skipped: str | None = None  # reason
-    dropped: bool = False
-    source: str = ""
-    line: int = 0
+    def in_line_work(self) -> bool:
+        """Whether documents need real per-document Python work (a labeler or an endpoint rewriter)."""
+        if self.mode == "plain":
+            return False
+        labelling = not self.labels_dir and self.labeler != "oracle"
+        return labelling or (self.mode == "rewrite" and self.rewriter != "exact")
 
 
 StoredLabels = list[tuple[int, int, str, Label]]  # per segment index: (start, end, text hash, label)
+Skip = tuple[str, int, str]  # (source, line, reason)
+
+
+@dataclass
+class Batch:
+    """Documents read together, the records skipped while reading them, and where reading stopped."""
+
+    items: list[tuple[Document, StoredLabels | None]]
+    skipped: list[Skip]
+    position: ReadPosition
+    records: int
+
+
+@dataclass
+class BatchResult:
+    """What the pipeline makes of one batch: the written documents as flat arrays, and counts."""
+
+    tokens: np.ndarray
+    meta: np.ndarray
+    lengths: np.ndarray
+    verdicts: Counter = field(default_factory=Counter)
+    dropped: int = 0
+    skipped: list[Skip] = field(default_factory=list)
 
 
 class Worker:
-    """The per-document pipeline; one per worker process (built once, reused for every batch)."""
+    """The per-batch pipeline; one per process (built once, reused for every batch)."""
 
     def __init__(self, cfg: PreprocessConfig, tokenizer: Tokenizer | None = None) -> None:
         from megatron_reflect.data.segment import SegmenterConfig
@@ -119,20 +157,20 @@ class Worker:
         return segment_document(doc, self.seg_cfg)
 
     @staticmethod
-    def _stored(doc: Document, rows: StoredLabels | None, out: Outcome) -> tuple[list[Segment], list[Label]]:
+    def _stored(doc: Document, rows: StoredLabels | None) -> tuple[list[Segment], list[Label], str | None]:
         """The segments the stored labels were computed on (their spans), checked by text hash."""
         from megatron_reflect.data.labels import text_hash
 
         if rows is None:
-            out.skipped = "no stored labels for this document"
-            return [], []
-        segs = [Segment(doc.doc_id, i, a, b, doc.text[a:b]) for i, (a, b, _, _) in enumerate(rows)]
-        if rows[-1][1] != len(doc.text) or any(h != text_hash(s.text) for (_, _, h, _), s in zip(rows, segs)):
-            out.skipped = "stored labels do not match the text (segment hashes differ)"
-        return segs, [label for _, _, _, label in rows]
+            return [], [], "no stored labels for this document"
+        text, doc_id = doc.text, doc.doc_id
+        segs = [Segment(doc_id, i, a, b, text[a:b]) for i, (a, b, _, _) in enumerate(rows)]
+        if rows[-1][1] != len(text) or any(h != text_hash(s.text) for (_, _, h, _), s in zip(rows, segs)):
+            return segs, [], "stored labels do not match the text (segment hashes differ)"
+        return segs, [label for _, _, _, label in rows], None
 
-    def _labels(self, docs: list[Document], segs: list[list[Segment]], out: list[Outcome]) -> list[list[Label] | None]:
-        labels: list[list[Label] | None] = [None] * len(docs)
+    def _labels(self, docs: list[Document], segs: list[list[Segment]], why: list[str | None]) -> list[list[Label]]:
+        labels: list[list[Label]] = [[] for _ in docs]
         assert self.labeler is not None
         documents = {d.doc_id: d for d in docs}
         try:
@@ -148,54 +186,62 @@ class Worker:
             try:
                 labels[i] = list(self.labeler.label(doc_segs, {doc.doc_id: doc}))
             except ReflectError as e:
-                out[i].skipped = f"labeler {self.cfg.labeler!r} failed: {e}"
+                why[i] = f"labeler {self.cfg.labeler!r} failed: {e}"
         return labels
 
-    def process(self, batch: list[tuple[Document, StoredLabels | None]]) -> list[Outcome]:
-        docs = [d for d, _ in batch]
-        out = [Outcome(source=d.source, line=d.line) for d in docs]
-        plain = self.cfg.mode == "plain"
+    def process(self, items: list[tuple[Document, StoredLabels | None]]) -> BatchResult:
+        docs = [d for d, _ in items]
+        why: list[str | None] = [None] * len(docs)  # the reason a document is skipped
+        cfg = self.cfg
         segs: list[list[Segment]] = [[] for _ in docs]
-        labels: list[list[Label] | None] = [[] for _ in docs]
-        if not plain and self.cfg.labels_dir:
-            for i, (doc, rows) in enumerate(batch):
-                segs[i], labels[i] = self._stored(doc, rows, out[i])
-        elif not plain:
+        labels: list[list[Label]] = [[] for _ in docs]
+        if cfg.mode != "plain" and cfg.labels_dir:
+            for i, (doc, rows) in enumerate(items):
+                segs[i], labels[i], why[i] = self._stored(doc, rows)
+        elif cfg.mode != "plain":
             for i, doc in enumerate(docs):
                 try:
                     segs[i] = self._segments(doc)
                 except ReflectError as e:
-                    out[i].skipped = f"segmenter: {e}"
-            live = [i for i in range(len(docs)) if out[i].skipped is None]
-            got = self._labels([docs[i] for i in live], [segs[i] for i in live], [out[i] for i in live])
-            for i, lab in zip(live, got):
-                labels[i] = lab
-        rendered = []
+                    why[i] = f"segmenter: {e}"
+            live = [i for i in range(len(docs)) if why[i] is None]
+            live_why: list[str | None] = [None] * len(live)
+            got = self._labels([docs[i] for i in live], [segs[i] for i in live], live_why)
+            for j, i in enumerate(live):
+                labels[i], why[i] = got[j], live_why[j]
+        result = BatchResult(np.zeros(0), np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        rendered: list[list[Piece]] = []
+        written: list[int] = []  # index in the batch of each rendered document
         for i, doc in enumerate(docs):
-            if out[i].skipped is not None or labels[i] is None:
+            if why[i] is not None:
+                result.skipped.append((doc.source, doc.line, why[i]))  # type: ignore[arg-type]
+                continue
+            if cfg.mode == "plain":
+                rendered.append([Piece(doc.text)])
+                written.append(i)
                 continue
             try:
-                pieces = render(doc, segs[i], labels[i], self.cfg.mode, self.cfg.template,
-                                max_flagged=self.cfg.filter_max_flagged, min_score=self.cfg.filter_min_score,
-                                rewriter=self.rewriter)
+                pieces = render(doc, segs[i], labels[i], cfg.mode, cfg.template, max_flagged=cfg.filter_max_flagged,
+                                min_score=cfg.filter_min_score, rewriter=self.rewriter)
             except ReflectError as e:
-                out[i].skipped = f"render: {e}"
+                result.skipped.append((doc.source, doc.line, f"render: {e}"))
                 continue
-            out[i].verdicts = Counter(label.verdict.value for label in labels[i])
             if pieces is None:
-                out[i].dropped = True
+                result.dropped += 1
+                result.verdicts.update(label.verdict.value for label in labels[i])
             else:
-                rendered.append((i, pieces))
-        encoded = self.tokenizer.encode_pieces_batch([p for _, p in rendered])
-        for (i, _), (tokens, meta) in zip(rendered, encoded):
-            if self.cfg.append_eod:
-                tokens.append(self.tokenizer.eod_id)
-                meta.append(TEXT)
-            if not tokens:
-                out[i].skipped = "no tokens"
-                continue
-            out[i].tokens, out[i].meta = as_arrays(tokens, meta, self.tokenizer.vocab_size)
-        return out
+                rendered.append(pieces)
+                written.append(i)
+        result.tokens, result.meta, result.lengths = self.tokenizer.encode_documents(rendered, eod=cfg.append_eod)
+        empty = set(np.flatnonzero(result.lengths == 0).tolist())
+        for j, i in enumerate(written):
+            if j in empty:  # possible only without EOD
+                result.skipped.append((docs[i].source, docs[i].line, "no tokens"))
+            else:
+                result.verdicts.update(label.verdict.value for label in labels[i])
+        if empty:
+            result.lengths = result.lengths[result.lengths > 0]
+        return result
 
 
 # multiprocessing.Pool's initializer can only leave state in the worker process's module:
@@ -207,20 +253,23 @@ def _pool_init(cfg: PreprocessConfig, tokenizer: Tokenizer) -> None:
     _WORKER_SLOT.append(Worker(cfg, tokenizer))
 
 
-def _pool_process(batch: list[tuple[Document, StoredLabels | None]]) -> list[Outcome]:
-    return _WORKER_SLOT[0].process(batch)
+def _pool_process(items: list[tuple[Document, StoredLabels | None]]) -> BatchResult:
+    return _WORKER_SLOT[0].process(items)
 
 
-def _bounded_imap(pool, batches: Iterator[list], window: int) -> Iterator[list[Outcome]]:
-    """``pool.imap`` in order, but with at most ``window`` batches in flight: ``Pool.imap``
-    would read the whole corpus into its task queue ahead of the workers."""
+def _bounded(submit: Callable[[list], Callable[[], BatchResult]], batches: Iterator[Batch],
+             window: int) -> Iterator[tuple[Batch, BatchResult]]:
+    """Batches through ``submit(items) -> wait`` in order, with at most ``window`` in flight
+    (``Pool.imap`` would read the whole corpus into its task queue ahead of the workers)."""
     pending: deque = deque()
     for batch in batches:
-        pending.append(pool.apply_async(_pool_process, (batch,)))
+        pending.append((batch, submit(batch.items)))
         if len(pending) >= window:
-            yield pending.popleft().get()
+            b, wait = pending.popleft()
+            yield b, wait()
     while pending:
-        yield pending.popleft().get()
+        b, wait = pending.popleft()
+        yield b, wait()
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -246,20 +295,13 @@ class ShardStats:
         self.skipped_count = 0
         self.skipped: list[dict] = []
 
-    def add(self, o: Outcome) -> None:
-        if o.skipped is not None:
-            self.skip(o.source, o.line, o.skipped)
-            return
-        self.verdicts.update(o.verdicts)
-        if o.dropped:
-            self.dropped += 1
-            return
-        assert o.tokens is not None and o.meta is not None
-        kinds = o.meta & KIND_MASK
-        self.documents += 1
-        self.tokens += len(o.tokens)
-        self.reflection_tokens += int(np.count_nonzero(kinds))
-        self.verdict_tokens += int(np.count_nonzero(is_verdict_token(o.meta)))
+    def add(self, result: BatchResult) -> None:
+        self.verdicts.update(result.verdicts)
+        self.dropped += result.dropped
+        self.documents += len(result.lengths)
+        self.tokens += len(result.tokens)
+        self.reflection_tokens += int(np.count_nonzero(result.meta & KIND_MASK))
+        self.verdict_tokens += int(np.count_nonzero(result.meta & VERDICT_FLAG))
 
     def skip(self, source: str, line: int, reason: str) -> None:
         self.skipped_count += 1
@@ -286,82 +328,160 @@ class ShardStats:
 
 
 def _batches(path: Path, part: int, cfg: PreprocessConfig, stored: dict[str, StoredLabels] | None,
-             stats: ShardStats) -> Iterator[list[tuple[Document, StoredLabels | None]]]:
-    from megatron_reflect.data.readers import Skipped, iter_records
+             start: ReadPosition) -> Iterator[Batch]:
+    from megatron_reflect.data.readers import DEFAULT_MAX_CHARS, Skipped, iter_positioned
 
-    kwargs = {"max_chars": cfg.max_chars} if cfg.max_chars else {}
-    batch: list[tuple[Document, StoredLabels | None]] = []
-    for n, rec in enumerate(iter_records(path, cfg.json_keys, cfg.id_key, **kwargs)):
-        if n % cfg.partitions != part:
+    batch = Batch([], [], start, 0)
+    for rec, pos in iter_positioned(path, cfg.json_keys, cfg.id_key, cfg.max_chars or DEFAULT_MAX_CHARS, start):
+        if (pos.records - 1) % cfg.partitions != part:
             continue
+        batch.position = pos
+        batch.records += 1
         if isinstance(rec, Skipped):
             if cfg.strict:
                 raise rec.error()
-            stats.skip(rec.source, rec.line, rec.reason)
+            batch.skipped.append((rec.source, rec.line, rec.reason))
             continue
-        batch.append((rec, stored.get(rec.doc_id) if stored is not None else None))
-        if len(batch) >= cfg.batch_docs:
+        batch.items.append((rec, stored.get(rec.doc_id) if stored is not None else None))
+        if len(batch.items) >= cfg.batch_docs:
             yield batch
-            batch = []
-    if batch:
+            batch = Batch([], [], pos, 0)
+    if batch.records:
         yield batch
 
 
+_VERDICTS = {v.value: v for v in Verdict}
+
+
 def _stored_labels(path: Path, cfg: PreprocessConfig) -> dict[str, StoredLabels] | None:
+    """The label file of ``path`` grouped by document, in one pass over its columns."""
     if cfg.mode == "plain" or not cfg.labels_dir:
         return None
     import pyarrow.parquet as pq
 
-    from megatron_reflect.data.labels import labels_path_for, read_labels
+    from megatron_reflect.data.labels import labels_path_for
 
     label_file = labels_path_for(path, cfg.labels_dir)
     if not Path(label_file).is_file():
         raise DataError(f"{path}: no stored labels at {label_file} (run tools/label_corpus.py first)")
-    labels = read_labels(label_file)
-    # the segment spans (columns documented in labels.py): rendering uses the segments that were labelled
-    spans = pq.read_table(label_file, columns=["doc_id", "seg_index", "start", "end"]).to_pydict()
+    columns = ["doc_id", "seg_index", "start", "end", "text_hash", "verdict", "category", "score"]
+    try:
+        d = pq.read_table(label_file, columns=columns).to_pydict()
+    except Exception as e:  # pyarrow raises several types for a damaged file or missing columns
+        raise DataError(f"{label_file}: not a readable label file ({e})") from e
     grouped: dict[str, list[tuple[int, int, int, str, Label]]] = {}
-    for doc_id, index, start, end in zip(spans["doc_id"], spans["seg_index"], spans["start"], spans["end"]):
-        h, label = labels[(doc_id, index)]
+    labels: dict[tuple, Label] = {}
+    for row, (doc_id, index, start, end, h, v, c, s) in enumerate(zip(*(d[k] for k in columns))):
+        key = (v, c, s)
+        label = labels.get(key)
+        if label is None:
+            verdict = _VERDICTS.get(v)
+            if verdict is None:
+                try:
+                    verdict = Verdict.parse(v)
+                except ValueError as e:
+                    raise DataError(f"{label_file}: row {row}: {e}") from e
+            label = labels[key] = Label(verdict, c, s)
         grouped.setdefault(doc_id, []).append((index, start, end, h, label))
     out: dict[str, StoredLabels] = {}
     for doc_id, rows in grouped.items():
         rows.sort(key=lambda r: r[0])
-        if [r[0] for r in rows] != list(range(len(rows))):
+        if rows[-1][0] != len(rows) - 1 or [r[0] for r in rows] != list(range(len(rows))):
             raise DataError(f"{label_file}: doc {doc_id!r} has non-contiguous segment indices")
         out[doc_id] = [r[1:] for r in rows]
     return out
 
 
+@dataclass
+class Run:
+    """Per-process state of one ``preprocess`` call: the engine, progress and resume counters."""
+
+    process: Callable[[Iterator[Batch]], Iterator[tuple[Batch, BatchResult]]]
+    bar: object = None
+    pause_after: int | None = None
+    commits: int = 0
+    documents_resumed: int = 0
+    documents_now: int = 0
+    shards_resumed: int = 0
+
+
+def _input_key(path: Path) -> dict:
+    st = path.stat()
+    return {"input": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _run_shard(path: Path, part: int, shard_prefix: Path, cfg: PreprocessConfig, header: dict,
-               vocab_size: int, process, bar) -> dict:
+               vocab_size: int, run: Run) -> dict:
+    writer = ResumablePairedWriter(shard_prefix, vocab_size, {**header["config"], **_input_key(path),
+                                                              "partition": part}, resume=cfg.resume)
     stats = ShardStats()
-    writer = PairedWriter(shard_prefix, vocab_size)
+    start = START
+    if writer.state is not None:
+        stats.merge(writer.state["stats"])
+        start = ReadPosition(*writer.state["position"])
+        run.documents_resumed += stats.documents
+    since_commit = 0
     try:
-        for outcomes in process(_batches(path, part, cfg, _stored_labels(path, cfg), stats)):
-            for o in outcomes:
-                if o.skipped is not None and cfg.strict:
-                    raise DataError(f"{o.source}:{o.line}: {o.skipped}")
-                stats.add(o)
-                if o.tokens is not None and o.skipped is None:
-                    writer.add(o.tokens, o.meta)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(tokens=stats.tokens, skipped=stats.skipped_count, refresh=False)
-        result = {**header, "input": str(path), "partition": f"{part}/{cfg.partitions}", **stats.as_dict()}
-        writer.finalize(result)
+        for batch, result in run.process(_batches(path, part, cfg, _stored_labels(path, cfg), start)):
+            skipped = sorted(batch.skipped + result.skipped, key=lambda s: s[1])
+            if cfg.strict and skipped:
+                raise DataError(f"{skipped[0][0]}:{skipped[0][1]}: {skipped[0][2]}")
+            for s in skipped:
+                stats.skip(*s)
+            stats.add(result)
+            if len(result.lengths):
+                writer.add(result.tokens, result.meta, result.lengths)
+            run.documents_now += len(result.lengths)
+            since_commit += len(result.tokens)
+            if run.pause_after is not None and run.commits >= run.pause_after and writer.uncommitted_documents:
+                print(f"{PAUSE_ENV}: paused after {run.commits} committed chunks", file=sys.stderr, flush=True)
+                while True:
+                    time.sleep(3600)
+            if since_commit >= cfg.chunk_tokens:
+                writer.commit({"position": list(batch.position), "stats": stats.as_dict()})
+                run.commits += 1
+                since_commit = 0
+            if run.bar is not None:
+                run.bar.update(batch.records)  # type: ignore[attr-defined]
+                run.bar.set_postfix(tokens=stats.tokens, skipped=stats.skipped_count, refresh=False)  # type: ignore[attr-defined]
+        result_stats = {**header, "input": str(path), "partition": f"{part}/{cfg.partitions}", **stats.as_dict()}
+        writer.finalize(result_stats)
     except BaseException:
-        writer.abort()
+        writer.close()
         raise
-    return result
+    return result_stats
+
+
+def _engine(cfg: PreprocessConfig, tokenizer: Tokenizer, stack: list) -> Callable:
+    """The batch processor: serial, a tokenizer-thread pipeline, or a process pool (see the docstring)."""
+    if cfg.workers > 1 and cfg.in_line_work():
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        tokenizer.set_threads(1)
+        # fork: workers inherit the imported modules instead of paying the imports each;
+        # nothing has run on threads yet in this process.
+        method = "fork" if sys.platform == "linux" else "spawn"
+        pool = mp.get_context(method).Pool(cfg.workers, initializer=_pool_init, initargs=(cfg, tokenizer))
+        stack.append(pool.terminate)
+        return lambda batches: _bounded(lambda items: pool.apply_async(_pool_process, (items,)).get, batches,
+                                        4 * cfg.workers)
+    tokenizer.set_threads(cfg.workers)
+    worker = Worker(cfg, tokenizer)
+    if cfg.workers == 1 and cfg.in_line_work():
+        return lambda batches: ((b, worker.process(b.items)) for b in batches)
+    # the worker thread spends its time in the tokenizer (which releases the GIL): reading and
+    # parsing the next batch, and writing the previous one, overlap with it
+    executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+    stack.append(lambda: executor.shutdown(wait=True, cancel_futures=True))
+    return lambda batches: _bounded(lambda items: executor.submit(worker.process, items).result, batches, 2)
 
 
 def preprocess(cfg: PreprocessConfig) -> dict:
-    """Write ``<output_prefix>_{text_document,reflect_meta}.{bin,idx}`` and ``_stats.json``; return the stats."""
+    """Write ``<output_prefix>_{text_document,reflect_meta}.{bin,idx}`` and ``_stats.json``; return the stats
+    (plus ``run``: documents written by this call and resumed from committed chunks; not stored)."""
     if cfg.mode not in MODES:
         raise ConfigError(f"--mode {cfg.mode!r} is not one of {list(MODES)}")
-    if cfg.workers < 1 or cfg.partitions < 1 or cfg.batch_docs < 1:
-        raise ConfigError("--workers, --partitions and the batch size must be >= 1")
+    if cfg.workers < 1 or cfg.partitions < 1 or cfg.batch_docs < 1 or cfg.chunk_tokens < 1:
+        raise ConfigError("--workers, --partitions, --chunk-tokens and the batch size must be >= 1")
     inputs = expand_inputs(cfg.input)
     if cfg.labels_dir and cfg.mode != "plain" and not Path(cfg.labels_dir).is_dir():
         raise ConfigError(f"--labels-dir {cfg.labels_dir}: no such directory")
@@ -377,22 +497,14 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     shard_dir.mkdir(parents=True, exist_ok=True)
     shards = [(path, part, shard_dir / f"{i:05d}-{path.name}-p{part}of{cfg.partitions}")
               for i, path in enumerate(inputs) for part in range(cfg.partitions)]
-    bar = None
+    stack: list[Callable[[], object]] = []
+    pause = os.environ.get(PAUSE_ENV)
+    run = Run(_engine(cfg, tokenizer, stack), pause_after=int(pause) if pause else None)
     if cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(desc=f"preprocess[{cfg.mode}]", unit="doc", dynamic_ncols=True)
-    pool = None
-    if cfg.workers > 1:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        # fork: workers inherit the imported modules (torch, transformers) instead of paying
-        # ~10 s of imports each; nothing has run on threads yet in this process.
-        method = "fork" if sys.platform == "linux" else "spawn"
-        pool = mp.get_context(method).Pool(cfg.workers, initializer=_pool_init, initargs=(cfg, tokenizer))
-        process = lambda batches: _bounded_imap(pool, batches, 4 * cfg.workers)  # noqa: E731
-    else:
-        worker = Worker(cfg, tokenizer)
-        process = lambda batches: map(worker.process, batches)  # noqa: E731
+        run.bar = tqdm(desc=f"preprocess[{cfg.mode}]", unit="doc", dynamic_ncols=True)
+        stack.append(run.bar.close)  # type: ignore[attr-defined]
     total = ShardStats()
     try:
         for path, part, shard_prefix in shards:
@@ -401,14 +513,14 @@ def preprocess(cfg: PreprocessConfig) -> dict:
                 if done.get("config") != header["config"]:
                     raise ConfigError(f"{shard_prefix}: finished with other settings; --resume needs the same "
                                       f"settings (or remove {shard_dir})")
+                run.documents_resumed += done["documents"]
+                run.shards_resumed += 1
             else:
-                done = _run_shard(path, part, shard_prefix, cfg, header, tokenizer.vocab_size, process, bar)
+                done = _run_shard(path, part, shard_prefix, cfg, header, tokenizer.vocab_size, run)
             total.merge(done)
     finally:
-        if pool is not None:
-            pool.terminate()
-        if bar is not None:
-            bar.close()
+        for close in reversed(stack):
+            close()
     if total.documents == 0:
         raise DataError(f"{', '.join(map(str, inputs))}: no document was written "
                         f"({total.skipped_count} skipped, {total.dropped} filtered)")
@@ -428,7 +540,8 @@ def preprocess(cfg: PreprocessConfig) -> dict:
             writer.abort()
             raise
     shutil.rmtree(shard_dir, ignore_errors=True)
-    return result
+    return {**result, "run": {"documents_written": run.documents_now, "documents_resumed": run.documents_resumed,
+                              "shards_resumed": run.shards_resumed, "chunks_committed": run.commits}}
 
 
 def read_stats(prefix: str | Path) -> dict:

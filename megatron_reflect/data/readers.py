@@ -6,6 +6,11 @@ malformed JSON line, a missing or non-string key, empty text, invalid UTF-8 or a
 gigantic document becomes ``Skipped(source, line, reason)`` so the caller can count it
 (or, in strict mode, turn it into a ``DataError`` with :meth:`Skipped.error`).
 Cost: one decode of each line; memory is one record (one parquet batch).
+
+``iter_positioned`` also yields the ``ReadPosition`` after each record, and can start
+from one: a resumed job continues exactly where its last committed chunk ended (a seek
+in a plain jsonl file; compressed streams and parquet are skipped through without
+parsing the records).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator, NamedTuple, Sequence
 
 from megatron_reflect.data.types import Document
 from megatron_reflect.errors import DataError
@@ -36,6 +41,32 @@ class Skipped:
 
     def error(self) -> DataError:
         return DataError(f"{self.source}:{self.line}: {self.reason}")
+
+
+class ReadPosition(NamedTuple):
+    """Where a reader stands after a record: ``records`` read so far (documents and skipped
+    ones), the 1-based ``line`` (parquet: row) of the last one, and ``offset``: bytes of the
+    (decompressed) jsonl stream, or parquet rows, consumed."""
+
+    records: int = 0
+    line: int = 0
+    offset: int = 0
+
+
+START = ReadPosition()
+
+
+def _skip_bytes(fh: BinaryIO, n: int, path: Path) -> None:
+    if n <= 0:
+        return
+    if fh.seekable():
+        fh.seek(n)
+        return
+    while n > 0:
+        got = len(fh.read(min(n, 16 << 20)))
+        if got == 0:
+            raise DataError(f"{path}: shorter than the resume position ({n} bytes missing); the file changed")
+        n -= got
 
 
 def _open_binary(path: Path) -> BinaryIO:
@@ -72,33 +103,43 @@ def _document(record: Any, source: str, name: str, line: int, json_keys: Sequenc
     return Document(doc_id=doc_id, text=text, source=source, line=line, fields=fields)
 
 
-def _iter_jsonl(path: Path, json_keys: Sequence[str], id_key: str, max_chars: int) -> Iterator[Document | Skipped]:
+def _iter_jsonl(path: Path, json_keys: Sequence[str], id_key: str, max_chars: int,
+                start: ReadPosition) -> Iterator[tuple[Document | Skipped, ReadPosition]]:
     source = str(path)
     # A line of more than 4 bytes per allowed character cannot be within the limit:
     # reject it before decoding.
     max_bytes = 4 * max_chars + 1024
+    records, offset = start.records, start.offset
     with _open_binary(path) as fh:
-        for line_no, raw in enumerate(fh, start=1):
+        _skip_bytes(fh, offset, path)
+        for line_no, raw in enumerate(fh, start=start.line + 1):
+            offset += len(raw)
             if len(raw) > max_bytes:
-                yield Skipped(source, line_no, f"line of {len(raw)} bytes exceeds the document limit "
-                                               f"of {max_chars} characters")
+                records += 1
+                yield (Skipped(source, line_no, f"line of {len(raw)} bytes exceeds the document limit "
+                                                f"of {max_chars} characters"), ReadPosition(records, line_no, offset))
                 continue
             try:
                 decoded = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield Skipped(source, line_no, f"invalid UTF-8 at byte {e.start}")
+                records += 1
+                yield Skipped(source, line_no, f"invalid UTF-8 at byte {e.start}"), ReadPosition(records, line_no, offset)
                 continue
             if not decoded.strip():
                 continue  # blank line: not a record
+            records += 1
             try:
                 record = json.loads(decoded)
             except json.JSONDecodeError as e:
-                yield Skipped(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}")
+                yield (Skipped(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}"),
+                       ReadPosition(records, line_no, offset))
                 continue
-            yield _document(record, source, path.name, line_no, json_keys, id_key, max_chars)
+            yield (_document(record, source, path.name, line_no, json_keys, id_key, max_chars),
+                   ReadPosition(records, line_no, offset))
 
 
-def _iter_parquet(path: Path, json_keys: Sequence[str], id_key: str, max_chars: int) -> Iterator[Document | Skipped]:
+def _iter_parquet(path: Path, json_keys: Sequence[str], id_key: str, max_chars: int,
+                  start: ReadPosition) -> Iterator[tuple[Document | Skipped, ReadPosition]]:
     import pyarrow.parquet as pq
 
     source = str(path)
@@ -109,11 +150,32 @@ def _iter_parquet(path: Path, json_keys: Sequence[str], id_key: str, max_chars: 
     missing = [k for k in json_keys if k not in pf.schema_arrow.names]
     if missing:
         raise DataError(f"{path}: parquet file has no column {missing} (columns: {pf.schema_arrow.names})")
-    row = 0
+    row, records = 0, start.records
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for record in batch.to_pylist():
+        if row + batch.num_rows <= start.offset:  # before the resume position: not decoded
+            row += batch.num_rows
+            continue
+        first = max(0, start.offset - row)
+        row += first
+        for record in batch.slice(first).to_pylist():
             row += 1
-            yield _document(record, source, path.name, row, json_keys, id_key, max_chars)
+            records += 1
+            yield _document(record, source, path.name, row, json_keys, id_key, max_chars), ReadPosition(records, row, row)
+
+
+def iter_positioned(path: str | Path, json_keys: Sequence[str] = ("text",), id_key: str = "id",
+                    max_chars: int = DEFAULT_MAX_CHARS, start: ReadPosition = START
+                    ) -> Iterator[tuple[Document | Skipped, ReadPosition]]:
+    """``iter_records`` with the position after each record, starting after ``start``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such input file")
+    name = path.name
+    if name.endswith(".parquet"):
+        return _iter_parquet(path, json_keys, id_key, max_chars, start)
+    if any(name.endswith(ext) for ext in (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")):
+        return _iter_jsonl(path, json_keys, id_key, max_chars, start)
+    raise DataError(f"{path}: unknown corpus format (expected .jsonl, .jsonl.gz, .jsonl.zst or .parquet)")
 
 
 def iter_records(path: str | Path, json_keys: Sequence[str] = ("text",), id_key: str = "id",
@@ -124,12 +186,4 @@ def iter_records(path: str | Path, json_keys: Sequence[str] = ("text",), id_key:
     ``json_keys`` are joined with a blank line into one text.  Raises ``DataError`` only
     for a file that cannot be read at all (missing, unknown format, parquet without the key).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such input file")
-    name = path.name
-    if name.endswith(".parquet"):
-        return _iter_parquet(path, json_keys, id_key, max_chars)
-    if any(name.endswith(ext) for ext in (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")):
-        return _iter_jsonl(path, json_keys, id_key, max_chars)
-    raise DataError(f"{path}: unknown corpus format (expected .jsonl, .jsonl.gz, .jsonl.zst or .parquet)")
+    return (rec for rec, _ in iter_positioned(path, json_keys, id_key, max_chars))

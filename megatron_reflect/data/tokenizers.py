@@ -9,10 +9,19 @@ overlap the verdict word returned by :meth:`ReflectionTemplate.render`.
 
 Two backends, each batched and picklable (worker processes rebuild them from ``describe()``):
 
-* Hugging Face fast tokenizers (default: the packaged SmolLM2 tokenizer, EOD ``<|endoftext|>`` = 0);
+* Hugging Face fast tokenizers (default: the packaged SmolLM2 tokenizer, EOD ``<|endoftext|>`` = 0),
+  run through the ``tokenizers`` library directly: a ``tokenizer.json`` whose
+  ``tokenizer_config.json`` names a class that uses it as is (``TokenizersBackend``,
+  ``PreTrainedTokenizerFast``) loads in ~0.1 s without importing transformers (and torch,
+  ~5 s); any other directory goes through ``transformers.AutoTokenizer``.  Either way the
+  special tokens are registered as transformers registers them, so ids are identical
+  (tested).  ``encode_batch`` runs on the library's Rust threads (``set_threads``);
 * SentencePiece ``.model`` files, loaded with the dummy prefix and whitespace collapsing turned
   off (otherwise concatenated pieces would not decode to the original text), and convertible
   into an equivalent Hugging Face fast tokenizer (``save_hf``; ids verified identical).
+
+The batch paths (``encode_flat``, ``encode_documents``) return numpy arrays: no per-token
+Python work besides reading the ids out of the tokenizer (~40 ns/token, ~3 % of encoding).
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ TOKENIZER_TYPES: dict[str, str] = {
     "sentencepiece": "sentencepiece", "sentencepiecetokenizer": "sentencepiece",
     "gptsentencepiecetokenizer": "sentencepiece", "llama2tokenizer": "sentencepiece",
 }
+# tokenizer_config.json classes that use tokenizer.json unchanged (transformers 5 / 4 names)
+_PLAIN_HF_CLASSES = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
+_NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 class Tokenizer:
@@ -46,6 +58,22 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
+
+    def set_threads(self, n: int) -> None:
+        """Encode batches on ``n`` threads (where the backend can)."""
+
+    @property
+    def token_dtype(self) -> np.dtype:
+        from megatron_reflect.data.indexed import optimal_token_dtype
+
+        return optimal_token_dtype(self.vocab_size)
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of all ``texts`` back to back (in ``token_dtype``) and the number of ids of each."""
+        ids = self.encode_batch(texts)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter((i for seq in ids for i in seq), dtype=self.token_dtype, count=int(lengths.sum()))
+        return flat, lengths
 
     def _special_tags(self) -> list[str]:
         """The template tags registered as special tokens (recorded by ``describe``)."""
@@ -70,29 +98,53 @@ class Tokenizer:
 
     def encode_pieces_batch(self, documents: list[list[Piece]]) -> list[tuple[list[int], list[int]]]:
         """``encode_pieces`` for many documents, with one batched call for all their text pieces."""
+        tokens, meta, lengths = self.encode_documents(documents)
+        bounds = np.cumsum(lengths)[:-1]
+        return [(t.tolist(), m.tolist()) for t, m in zip(np.split(tokens, bounds), np.split(meta, bounds))]
+
+    def encode_documents(self, documents: list[list[Piece]], eod: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many documents at once: flat tokens (``token_dtype``), flat uint8 codes, and the length
+        of each document; ``eod`` appends the EOD token (code 0) to each.  One batched encode
+        for all text pieces; reflection pieces come from a small cache."""
         texts = [p.text for pieces in documents for p in pieces if p.reflection is None]
-        encoded = iter(self.encode_batch(texts))
-        out = []
-        for pieces in documents:
-            tokens: list[int] = []
-            meta: list[int] = []
+        flat, text_lengths = self.encode_flat(texts)
+        ends = np.cumsum(text_lengths).tolist()
+        zeros = np.zeros(max(ends[-1] if ends else 0, 1), np.uint8)
+        eod_tokens, eod_meta = np.array([self.eod_id], self.token_dtype), zeros[:1]
+        tok_parts: list[np.ndarray] = []
+        meta_parts: list[np.ndarray] = []
+        doc_lengths = np.zeros(len(documents), np.int64)
+        k, start = 0, 0
+        for d, pieces in enumerate(documents):
+            n = 0
             for piece in pieces:
                 if piece.reflection is None:
-                    ids = next(encoded)
-                    tokens += ids
-                    meta += [TEXT] * len(ids)
+                    end = ends[k]
+                    tok_parts.append(flat[start:end])
+                    meta_parts.append(zeros[:end - start])
+                    n += end - start
+                    k, start = k + 1, end
                 else:
                     ids, codes = self._reflection(piece)
-                    tokens += ids
-                    meta += codes
-            out.append((tokens, meta))
-        return out
+                    tok_parts.append(ids)
+                    meta_parts.append(codes)
+                    n += len(ids)
+            if eod:
+                tok_parts.append(eod_tokens)
+                meta_parts.append(eod_meta)
+                n += 1
+            doc_lengths[d] = n
+        if not tok_parts:
+            return np.zeros(0, self.token_dtype), np.zeros(0, np.uint8), doc_lengths
+        return np.concatenate(tok_parts), np.concatenate(meta_parts), doc_lengths
 
-    def _reflection(self, piece: Piece) -> tuple[list[int], list[int]]:
+    def _reflection(self, piece: Piece) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and codes of one reflection piece (few distinct ones: cached)."""
-        cache: dict[str, tuple[list[int], list[int]]] = self.__dict__.setdefault("_reflection_cache", {})
-        if piece.text in cache:
-            return cache[piece.text]
+        cache: dict[str, tuple[np.ndarray, np.ndarray]] = self.__dict__.setdefault("_reflection_cache", {})
+        hit = cache.get(piece.text)
+        if hit is not None:
+            return hit
         assert piece.reflection is not None
         text, (v0, v1) = self.template.render(piece.reflection)
         if text != piece.text:
@@ -106,8 +158,15 @@ class Tokenizer:
                 break
         else:
             raise DataError(f"no token of {text!r} covers its verdict word [{v0}, {v1})")
-        cache[piece.text] = (ids, codes)
-        return ids, codes
+        cache[piece.text] = (np.array(ids, self.token_dtype), np.array(codes, np.uint8))
+        return cache[piece.text]
+
+
+def _token_content(value: object) -> str | None:
+    """A special token as written in tokenizer_config.json: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 class HFTokenizer(Tokenizer):
@@ -116,37 +175,107 @@ class HFTokenizer(Tokenizer):
     def __init__(self, model: str | Path | None = None, template: ReflectionTemplate = DEFAULT_TEMPLATE,
                  eod_token: str | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoTokenizer
-
         if model is None:
             from megatron_reflect.packaged import smollm2_hf_dir
 
             model = smollm2_hf_dir()
         self.model = str(model)
         self.template = template
+        self._hf = None
+        self.backend, self.special = self._load_plain() or self._load_transformers()
+        self.backend.no_truncation()  # a document is never cut (a tokenizer.json may carry truncation)
+        self.backend.no_padding()
+        if template.special_tokens:
+            from tokenizers import AddedToken
+
+            # as transformers' add_special_tokens({"additional_special_tokens": [...]}) registers them
+            self.backend.add_special_tokens([AddedToken(t, rstrip=False, lstrip=False, normalized=False, special=True)
+                                             for t in (template.open_tag, template.close_tag)])
+        vocab = self.backend.get_vocab(with_added_tokens=True)
+        self.eod_token = eod_token or ("<|endoftext|>" if "<|endoftext|>" in vocab else self.special.get("eos_token"))
+        if self.eod_token is None or self.eod_token not in vocab:
+            raise ConfigError(f"{self.model}: no EOD token (no <|endoftext|>, no eos_token); name one")
+        self.eod_id = int(vocab[self.eod_token])
+        pad = self.special.get("pad_token")
+        self.pad_id = int(vocab[pad]) if pad is not None and pad in vocab else None
+        self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
+        self._fast = hasattr(self.backend, "encode_batch_fast")
+
+    def _load_plain(self):
+        """``tokenizers.Tokenizer`` straight from tokenizer.json, with the named special tokens of
+        tokenizer_config.json added as transformers adds them; None if transformers is needed."""
+        root = Path(self.model)
+        tj, cfg_path = root / "tokenizer.json", root / "tokenizer_config.json"
+        if not (tj.is_file() and cfg_path.is_file()):
+            return None
         try:
-            self.hf = AutoTokenizer.from_pretrained(self.model)
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            extra = json.loads((root / "special_tokens_map.json").read_text(encoding="utf-8")) \
+                if (root / "special_tokens_map.json").is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            return None
+        if cfg.get("tokenizer_class") not in _PLAIN_HF_CLASSES:
+            return None
+        from tokenizers import AddedToken, Tokenizer as FastTokenizer
+
+        try:
+            backend = FastTokenizer.from_file(str(tj))
+        except Exception as e:  # the Rust side raises a plain Exception for a bad file
+            raise ConfigError(f"cannot load a Hugging Face tokenizer from {self.model!r}: {e}") from None
+        if backend.get_vocab_size(with_added_tokens=True) > 100_000:
+            return None  # transformers may patch the pre-tokenizer of such vocabularies (Mistral's regex)
+        special = {k: _token_content(extra.get(k, cfg.get(k))) for k in _NAMED_SPECIAL}
+        special = {k: v for k, v in special.items() if v is not None}
+        listed = cfg.get("extra_special_tokens") or cfg.get("additional_special_tokens") or []
+        tokens = list(special.values()) + [t for t in map(_token_content, listed) if t is not None]
+        if tokens:
+            backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+        return backend, special
+
+    def _load_transformers(self):
+        from transformers import AutoTokenizer
+
+        try:
+            hf = AutoTokenizer.from_pretrained(self.model)
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot load a Hugging Face tokenizer from {self.model!r}: {e}") from None
-        if not getattr(self.hf, "is_fast", False):
+        if not getattr(hf, "is_fast", False):
             raise ConfigError(f"{self.model}: not a fast tokenizer (tokenizer.json is needed)")
-        if template.special_tokens:
-            self.hf.add_special_tokens({"additional_special_tokens": [template.open_tag, template.close_tag]})
-        self.backend = self.hf.backend_tokenizer
-        self.eod_token = eod_token or ("<|endoftext|>" if "<|endoftext|>" in self.hf.get_vocab()
-                                       else self.hf.eos_token)
-        if self.eod_token is None:
-            raise ConfigError(f"{self.model}: no EOD token (no <|endoftext|>, no eos_token); name one")
-        self.eod_id = int(self.hf.convert_tokens_to_ids(self.eod_token))
-        self.pad_id = self.hf.pad_token_id
-        self.vocab_size = len(self.hf)
+        special = {k: str(getattr(hf, k)) for k in _NAMED_SPECIAL if getattr(hf, k, None) is not None}
+        return hf.backend_tokenizer, special
+
+    @property
+    def hf(self):
+        """The equivalent transformers tokenizer (imports transformers; for saving and callers that need it)."""
+        if self._hf is None:
+            from transformers import AutoTokenizer
+
+            hf = AutoTokenizer.from_pretrained(self.model)
+            if self.template.special_tokens:
+                hf.add_special_tokens({"additional_special_tokens": [self.template.open_tag, self.template.close_tag]})
+            self._hf = hf
+        return self._hf
+
+    def set_threads(self, n: int) -> None:
+        """Rust threads of ``encode_batch``: the ``tokenizers`` thread pool is process-wide and sized
+        once, at its first parallel use, from ``RAYON_NUM_THREADS`` (set here when still unset)."""
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if n > 1 else "false"
+        os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, n)))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._fast:
+            return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encode = self.backend.encode_batch_fast if self._fast else self.backend.encode_batch
+        encodings = encode(texts, add_special_tokens=False)
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+        parts = [np.array(e.ids, dtype=self.token_dtype) for e in encodings]
+        return (np.concatenate(parts) if parts else np.zeros(0, self.token_dtype)), lengths
+
     def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False,
-                              clean_up_tokenization_spaces=False)
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def token_spans(self, text: str, ids: list[int]) -> list[tuple[int, int]]:
         return list(self.backend.encode(text, add_special_tokens=False).offsets)
@@ -194,9 +323,19 @@ class SentencePieceTokenizer(Tokenizer):
             raise ConfigError(f"{self.model}: the SentencePiece model has no eos piece to use as EOD")
         self.pad_id = int(self.sp.pad_id()) if self.sp.pad_id() >= 0 else None
         self.vocab_size = int(self.sp.get_piece_size())
+        self.threads = 1
+
+    def set_threads(self, n: int) -> None:
+        self.threads = max(1, n)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts)
+        return self.sp.encode(texts, num_threads=self.threads)
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.sp.encode(texts, num_threads=self.threads)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        parts = [np.array(seq, dtype=self.token_dtype) for seq in ids]
+        return (np.concatenate(parts) if parts else np.zeros(0, self.token_dtype)), lengths
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
@@ -365,6 +504,6 @@ def train_sentencepiece(texts: Iterable[str], out_prefix: str | Path, vocab_size
 
 def as_arrays(tokens: list[int], meta: list[int], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokens in Megatron's optimal dtype for the vocabulary and metadata as uint8."""
-    from megatron.core.datasets.indexed_dataset import DType
+    from megatron_reflect.data.indexed import optimal_token_dtype
 
-    return np.asarray(tokens, dtype=DType.optimal_dtype(vocab_size)), np.asarray(meta, dtype=np.uint8)
+    return np.asarray(tokens, dtype=optimal_token_dtype(vocab_size)), np.asarray(meta, dtype=np.uint8)
