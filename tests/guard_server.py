@@ -4,6 +4,9 @@ It answers /v1/chat/completions in Qwen3Guard-Gen's "Safety: ...\\nCategories: .
 using the project's real classifier labeler, counts requests, and can inject faults:
 500s for the first ``fail_first`` requests, a stall longer than the client timeout for the
 first ``slow_first``, 500s for every request after ``fail_after``, or unparseable answers.
+``hold_after=N`` answers N requests and holds every later one unanswered until
+``release()`` (a known point at which a test can kill its client); ``requested`` counts
+the requests per message content, ``answered`` and ``contents`` the answers.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from megatron_reflect.data.labelers.classifier import ClassifierLabeler
@@ -19,8 +23,11 @@ from megatron_reflect.data.labelers.qwen3guard import format_guard_answer
 
 class GuardServer:
     def __init__(self, fail_first: int = 0, slow_first: int = 0, slow_s: float = 1.0, fail_after: int | None = None,
-                 garbage: bool = False) -> None:
+                 garbage: bool = False, hold_after: int | None = None) -> None:
         self.classifier = ClassifierLabeler()
+        self.hold_after = hold_after
+        self.held = threading.Event()  # set: no request is held any more
+        self.requested: Counter[str] = Counter()
         self.fail_first, self.slow_first, self.slow_s = fail_first, slow_first, slow_s
         self.fail_after, self.garbage = fail_after, garbage
         self.requests = 0
@@ -38,6 +45,10 @@ class GuardServer:
                 with server.lock:
                     server.requests += 1
                     n = server.requests
+                    server.requested[body["messages"][-1]["content"]] += 1
+                if server.hold_after is not None and n > server.hold_after:
+                    server.held.wait()
+                    return  # the client was killed meanwhile: nothing to answer
                 if self.path != "/v1/chat/completions":
                     self.send_error(404, "no such route")
                     return
@@ -68,10 +79,16 @@ class GuardServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
+    def release(self) -> None:
+        """Stop holding requests (the held ones end without an answer)."""
+        self.hold_after = None
+        self.held.set()
+
     def __enter__(self) -> "GuardServer":
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -1,8 +1,10 @@
 """Label the segments of corpus files with a safety labeler; one label file per input file.
 
 Each input file (jsonl, .jsonl.gz, .jsonl.zst, parquet) becomes
-<labels-dir>/<input name>.labels.parquet, written atomically.  A killed run restarts where
-it stopped (finished label files are kept, partial ones resume from their parts).  To
+<labels-dir>/<input name>.labels.parquet, written atomically.  A killed run (even by SIGKILL)
+restarts where it stopped: finished label files are kept, partial ones resume from their parts
+(--part-segments), and the openai labeler commits each answer to its cache as it arrives, so no
+segment that was answered is asked again.  To
 shard over a cluster, give each task its own input files (SLURM array: --shard-index
 $SLURM_ARRAY_TASK_ID --num-shards N); see docs/LABELING_AT_SCALE.md.
 
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--no-resume", action="store_true", help="relabel even finished files and discard partial runs")
     io.add_argument("--strict", action="store_true", help="a bad record is an error instead of skipped and counted")
     io.add_argument("--stats", default=None, help="write the per-file stats as JSON here")
+    io.add_argument("--part-segments", type=int, default=20_000,
+                    help="commit finished documents' labels every N segments (a killed run keeps them)")
     seg = p.add_argument_group("segmentation")
     seg.add_argument("--segment-words", type=int, default=100, help="maximum words per segment (default 100)")
     seg.add_argument("--segment-cjk-chars", type=int, default=200, help="maximum CJK characters per segment")
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 stats = label_file(path, labels_path_for(path, args.labels_dir), labeler, seg_cfg,
                                    json_keys=tuple(args.json_keys), batch_size=args.batch_size,
                                    resume=not args.no_resume, id_key=args.id_key,
-                                   max_chars=args.max_chars or DEFAULT_MAX_CHARS, strict=args.strict, progress=bar)
+                                   max_chars=args.max_chars or DEFAULT_MAX_CHARS, strict=args.strict,
+                                   part_segments=args.part_segments, progress=bar)
             all_stats.append(stats)
             summary = {k: stats.get(k) for k in ("output", "status", "documents", "segments", "segments_labelled_now",
                                                  "verdicts_labelled_now", "skipped", "skipped_by_reason",

@@ -296,7 +296,7 @@ class ResumablePairedWriter:
             path = self.dir / name
             if (path.stat().st_size if path.exists() else 0) < size:
                 raise DataError(f"{path}: shorter than its last commit ({size} bytes); remove {self.dir}")
-            fh = open(path, "r+b" if path.exists() else "w+b")
+            fh = open(path, "r+b" if path.exists() else "w+b", buffering=0)  # batches are large: no buffer
             fh.truncate(size)  # drop what was appended after the last commit
             fh.seek(size)
             self.files.append(fh)
@@ -316,7 +316,9 @@ class ResumablePairedWriter:
         for fh, arr in zip(self.files, (np.ascontiguousarray(tokens, self.token_dtype),
                                         np.ascontiguousarray(meta, np.uint8),
                                         np.ascontiguousarray(lengths, "<i4"))):
-            fh.write(memoryview(arr).cast("B"))
+            view = memoryview(arr).cast("B")
+            while view:
+                view = view[fh.write(view):]
         self.documents += len(lengths)
 
     @property
@@ -326,7 +328,6 @@ class ResumablePairedWriter:
     def commit(self, state: dict) -> None:
         sizes = []
         for fh in self.files:
-            fh.flush()
             os.fsync(fh.fileno())
             sizes.append(fh.tell())
         path = self.dir / "commit.json"

@@ -4,8 +4,11 @@ endpoint (e.g. vLLM serving Qwen3Guard-Gen), parsing its "Safety: ... Categories
 WHY: at corpus scale the guard runs on GPU servers; this client keeps them busy
 (``concurrency`` requests in flight from a thread pool), survives transient failures
 (retries with exponential backoff on connection errors, timeouts, 408/429/5xx), and
-never asks twice: answers are stored in an sqlite cache keyed by (model, segment text
-hash), committed after every batch, so a killed run resumes without re-asking.  An
+never asks twice: each answer is committed to an sqlite cache keyed by (model, segment
+text hash) as soon as it arrives, before its thread sends another request, so a run
+killed at any moment (even by SIGKILL) resumes without re-asking anything that was
+answered (WAL journal, ``synchronous=NORMAL``: an OS crash may lose the last answers,
+a killed process does not).  An
 endpoint still failing after the retries raises ``LabelerError`` naming the URL; the
 label store keeps the finished parts, so the rerun continues where it stopped.
 Each segment is sent as the user message: Qwen3Guard-Gen's chat template adds its
@@ -60,28 +63,32 @@ class OpenAIConfig:
 
 
 class _Cache:
-    """sqlite (model, hash) -> answer.  Used from the calling thread only."""
+    """sqlite (model, hash) -> answer; one connection shared by the request threads under a lock."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.lock = threading.Lock()
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS answers (model TEXT, hash TEXT, answer TEXT, "
                         "PRIMARY KEY (model, hash))")
         self.db.commit()
 
     def get(self, model: str, hashes: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for i in range(0, len(hashes), 500):
-            chunk = list(hashes[i:i + 500])
-            q = f"SELECT hash, answer FROM answers WHERE model = ? AND hash IN ({','.join('?' * len(chunk))})"
-            out.update(self.db.execute(q, [model, *chunk]).fetchall())
+        with self.lock:
+            for i in range(0, len(hashes), 500):
+                chunk = list(hashes[i:i + 500])
+                q = f"SELECT hash, answer FROM answers WHERE model = ? AND hash IN ({','.join('?' * len(chunk))})"
+                out.update(self.db.execute(q, [model, *chunk]).fetchall())
         return out
 
     def put(self, model: str, answers: dict[str, str]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
-                            [(model, h, a) for h, a in answers.items()])
-        self.db.commit()
+        with self.lock:
+            self.db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
+                                [(model, h, a) for h, a in answers.items()])
+            self.db.commit()
 
 
 class OpenAILabeler:
@@ -132,6 +139,13 @@ class OpenAILabeler:
                 raise LabelerError(f"{self.url}: not an OpenAI chat completion response ({e})") from e
         raise LabelerError(f"{self.url}: no answer after {self.cfg.max_retries + 1} attempts (last: {last})")
 
+    def _ask_and_keep(self, h: str, text: str) -> str:
+        """One request; its answer is committed before this thread asks anything else."""
+        answer = self._ask(text)
+        if self.cache:
+            self.cache.put(self.cfg.model, {h: answer})
+        return answer
+
     def label(self, segments: Sequence[Segment], documents: dict[str, Document]) -> list[Label]:
         hashes = [text_hash(s.text) for s in segments]
         answers = self.cache.get(self.cfg.model, hashes) if self.cache else {}
@@ -141,15 +155,13 @@ class OpenAILabeler:
             fresh: dict[str, str] = {}
             error: LabelerError | None = None
             with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
-                futures = {pool.submit(self._ask, text): h for h, text in todo.items()}
+                futures = {pool.submit(self._ask_and_keep, h, text): h for h, text in todo.items()}
                 for fut in as_completed(futures):
                     try:
                         fresh[futures[fut]] = fut.result()
                     except LabelerError as e:
                         error = error or e
-            if self.cache and fresh:
-                self.cache.put(self.cfg.model, fresh)  # kept even when another request failed
             if error is not None:
-                raise error
+                raise error  # the answers that did arrive are in the cache already
             answers.update(fresh)
         return [label_or_fallback(answers[h], self.fallback, self.stats) for h in hashes]
