@@ -250,3 +250,35 @@ def test_cli_defaults(tmp_path, capsys):
     assert inspect([str(tmp_path / "cli"), "--samples", "1", "--seq-length", "32", "--brackets"]) == 0
     assert "--- sample 0 (32 labels)" in capsys.readouterr().out
     assert inspect([str(tmp_path / "nothing")]) == 2
+
+
+def test_cli_paths_import_no_torch_or_megatron(tmp_path):
+    """The preprocessing and labelling CLIs (plain, stored labels, oracle and openai labelling) run
+    without importing torch, megatron or transformers (~5 s of start-up each): checked in a fresh
+    interpreter, after the tools ran."""
+    import subprocess
+    import sys
+
+    from guard_server import GuardServer
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t, "verdict": "Safe"}) + "\n"
+                              for i, t in enumerate(boolq(6))))
+    with GuardServer() as server:
+        script = f"""
+import json, sys
+sys.path.insert(0, "tools")
+import label_corpus, preprocess_data
+c, t = {str(corpus)!r}, {str(tmp_path)!r}
+assert label_corpus.main(["--input", c, "--labels-dir", t + "/labels", "--labeler", "oracle"]) == 0
+assert label_corpus.main(["--input", c, "--labels-dir", t + "/api", "--labeler", "openai",
+                          "--endpoint", {server.url!r}]) == 0
+for extra in (["--mode", "plain"], ["--labels-dir", t + "/labels"], ["--labeler", "oracle", "--workers", "2"]):
+    assert preprocess_data.main(["--input", c, "--output-prefix", t + "/o", "--no-progress"] + extra) == 0
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "megatron", "transformers"}})
+print("HEAVY", json.dumps(heavy))
+"""
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        assert server.answered >= 6  # every segment was asked
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines()[-1] == "HEAVY []"

@@ -132,3 +132,57 @@ def test_sentencepiece_cli_and_errors(tmp_path):
         build_tokenizer("sentencepiece", str(corpus))
     with pytest.raises(ConfigError, match="unknown tokenizer type"):
         build_tokenizer("GPT2BPETokenizer")
+
+
+def test_direct_backend_equals_transformers(tmp_path):
+    """The tokenizers-only loader gives what transformers.AutoTokenizer gives: vocabulary, special ids,
+    added tokens with their flags, ids and decoding (packaged SmolLM2 with and without registered tags,
+    and a SentencePiece model converted to a Hugging Face directory)."""
+    sp = build_tokenizer("sentencepiece", str(train_sentencepiece(boolq_passages(300), tmp_path / "sp", 700)))
+    sp.save_hf(tmp_path / "sp_hf")
+    probe = boolq_passages(2)[1] + " <think> Unsafe: PII </think> <|im_end|><|endoftext|>  \n\tÜber ☃ </s>"
+    for model, template in ((None, ReflectionTemplate()), (None, ReflectionTemplate(special_tokens=True)),
+                            (str(tmp_path / "sp_hf"), ReflectionTemplate())):
+        tok = build_tokenizer("hf", model, template)
+        assert tok._hf is None  # not loaded through transformers
+        hf = AutoTokenizer.from_pretrained(tok.model)
+        if template.special_tokens:
+            hf.add_special_tokens({"additional_special_tokens": [template.open_tag, template.close_tag]})
+        assert tok.vocab_size == len(hf) and tok.pad_id == hf.pad_token_id
+        assert tok.backend.get_added_tokens_decoder() == hf.backend_tokenizer.get_added_tokens_decoder()
+        ids = hf.encode(probe, add_special_tokens=False)
+        assert tok.encode_batch([probe])[0] == ids and tok.decode(ids) == hf.decode(ids, clean_up_tokenization_spaces=False)
+
+
+def test_encode_documents_equals_piece_by_piece_reference():
+    """The batched numpy path gives exactly the tokens and codes of the per-piece reference (each text
+    piece encoded alone, each reflection's verdict flag found from its token spans), EOD included."""
+    from megatron_reflect.data.tokenizers import HFTokenizer
+
+    tok = build_tokenizer()
+    assert isinstance(tok, HFTokenizer)
+    texts = boolq_passages(30)
+    documents = [pieces_for(texts[i:i + k], tok.template) for i, k in ((0, 3), (3, 1), (4, 7), (11, 19))]
+    documents.append([Piece("Only text, no reflection.")])
+
+    def reference(pieces):
+        tokens, meta = [], []
+        for p in pieces:
+            ids = tok.backend.encode(p.text, add_special_tokens=False).ids
+            codes = [0] * len(ids)
+            if p.reflection is not None:
+                v0, v1 = tok.template.render(p.reflection)[1]
+                codes = [meta_code(p.reflection.verdict)] * len(ids)
+                first = next(i for i, (a, b) in enumerate(tok.token_spans(p.text, ids)) if a < v1 and b > v0)
+                codes[first] = meta_code(p.reflection.verdict, verdict_token=True)
+            tokens += ids
+            meta += codes
+        return tokens + [tok.eod_id], meta + [0]
+
+    flat, meta, lengths = tok.encode_documents(documents, eod=True)
+    assert flat.dtype == np.uint16 and meta.dtype == np.uint8 and len(flat) == len(meta) == lengths.sum()
+    bounds = np.cumsum(lengths)[:-1]
+    for pieces, t, m in zip(documents, np.split(flat, bounds), np.split(meta, bounds)):
+        want_t, want_m = reference(pieces)
+        assert t.tolist() == want_t and m.tolist() == want_m
+    assert tok.encode_documents([], eod=True)[2].tolist() == []
