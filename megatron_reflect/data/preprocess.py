@@ -51,7 +51,7 @@ from megatron_reflect.data.indexed import (PairedWriter, ResumablePairedWriter, 
                                            stats_path, write_json_atomic)
 from megatron_reflect.data.readers import START, ReadPosition
 from megatron_reflect.data.render import MODES, build_rewriter, render
-from megatron_reflect.data.tokenizers import Tokenizer, build_tokenizer
+from megatron_reflect.data.tokenizers import Tokenizer, build_tokenizer, configure_threads
 from megatron_reflect.data.types import Document, Label, Piece, Segment
 from megatron_reflect.errors import ConfigError, DataError, ReflectError
 from megatron_reflect.reflection import KIND_MASK, VERDICT_FLAG, ReflectionTemplate, Verdict
@@ -455,7 +455,6 @@ def _run_shard(path: Path, part: int, shard_prefix: Path, cfg: PreprocessConfig,
 def _engine(cfg: PreprocessConfig, tokenizer: Tokenizer, stack: list) -> Callable:
     """The batch processor: serial, a tokenizer-thread pipeline, or a process pool (see the docstring)."""
     if cfg.workers > 1 and cfg.in_line_work():
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         tokenizer.set_threads(1)
         # fork: workers inherit the imported modules instead of paying the imports each;
         # nothing has run on threads yet in this process.
@@ -490,6 +489,8 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         done = read_stats(prefix)
         if done.get("config") == cfg.fingerprint():
             return done
+    pool = cfg.workers > 1 and cfg.in_line_work()
+    configure_threads(1 if pool else cfg.workers)  # before the tokenizer first encodes (see there)
     tokenizer = build_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model, cfg.template)
     header = {"config": cfg.fingerprint(), "tokenizer": tokenizer.describe(),
               "reflection_template": dataclasses.asdict(cfg.template), "mode": cfg.mode}

@@ -162,6 +162,15 @@ class Tokenizer:
         return cache[piece.text]
 
 
+def configure_threads(n: int) -> None:
+    """Threads of Hugging Face ``encode_batch``: ``tokenizers`` runs on one process-wide Rust thread
+    pool, sized once, at its first parallel use, from ``RAYON_NUM_THREADS``; so call this before the
+    first tokenizer of the process encodes anything (later calls only switch parallelism on or off).
+    It sets ``TOKENIZERS_PARALLELISM`` and ``RAYON_NUM_THREADS`` in this process's environment."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if n > 1 else "false"
+    os.environ["RAYON_NUM_THREADS"] = str(max(1, n))
+
+
 def _token_content(value: object) -> str | None:
     """A special token as written in tokenizer_config.json: a string or {"content": ...}."""
     if isinstance(value, dict):
@@ -257,10 +266,7 @@ class HFTokenizer(Tokenizer):
         return self._hf
 
     def set_threads(self, n: int) -> None:
-        """Rust threads of ``encode_batch``: the ``tokenizers`` thread pool is process-wide and sized
-        once, at its first parallel use, from ``RAYON_NUM_THREADS`` (set here when still unset)."""
-        os.environ["TOKENIZERS_PARALLELISM"] = "true" if n > 1 else "false"
-        os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, n)))
+        configure_threads(n)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._fast:
@@ -500,10 +506,3 @@ def train_sentencepiece(texts: Iterable[str], out_prefix: str | Path, vocab_size
     out.with_suffix(".json").write_text(json.dumps({"vocab_size": vocab_size, "model_type": model_type,
                                                     "user_symbols": list(user_symbols)}, indent=1))
     return out
-
-
-def as_arrays(tokens: list[int], meta: list[int], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens in Megatron's optimal dtype for the vocabulary and metadata as uint8."""
-    from megatron_reflect.data.indexed import optimal_token_dtype
-
-    return np.asarray(tokens, dtype=optimal_token_dtype(vocab_size)), np.asarray(meta, dtype=np.uint8)
