@@ -178,3 +178,38 @@ def test_refuses_mismatch_and_abort_leaves_nothing(tmp_path):
     PairedWriter(tmp_path / "bad", 1000)
     assert not is_complete(tmp_path / "bad")
     assert IndexedDataset(meta_prefix(tmp_path / "bad")).index.dtype == np.uint8
+
+
+def test_resumable_writer_commits_truncates_and_matches(tmp_path):
+    """Committed chunks survive a writer that is dropped mid-chunk; the uncommitted tail is cut; the
+    result equals PairedWriter's bytes; another key starts over."""
+    from megatron_reflect.data.indexed import ResumablePairedWriter
+
+    data = docs(4, 12, 49152)
+    flat = lambda part: (np.concatenate([t for t, _ in part]), np.concatenate([m for _, m in part]),  # noqa: E731
+                         np.array([len(t) for t, _ in part]))
+    w = ResumablePairedWriter(tmp_path / "r", 49152, {"k": 1})
+    w.add(*flat(data[:5]))
+    w.commit({"upto": 5})
+    w.add(*flat(data[5:8]))  # never committed: the "kill" happens now
+    w.close()
+    again = ResumablePairedWriter(tmp_path / "r", 49152, {"k": 1})
+    assert again.state == {"upto": 5} and again.documents == 5
+    assert (tmp_path / "r.partial" / "lengths.bin").stat().st_size == 5 * 4  # the tail was cut
+    again.add(*flat(data[5:]))
+    again.finalize({"documents": 12})
+    ref = PairedWriter(tmp_path / "p", 49152)
+    for t, m in data:
+        ref.add(t, m)
+    ref.finalize({})
+    for a, b in zip(dataset_files(tmp_path / "r"), dataset_files(tmp_path / "p")):
+        assert a.read_bytes() == b.read_bytes()
+    assert is_complete(tmp_path / "r") and not (tmp_path / "r.partial").exists()
+    w = ResumablePairedWriter(tmp_path / "s", 49152, {"k": 1})
+    w.add(*flat(data[:2]))
+    w.commit({"upto": 2})
+    w.close()
+    other = ResumablePairedWriter(tmp_path / "s", 49152, {"k": 2})  # other settings: its commit does not apply
+    assert other.state is None and other.discarded and other.documents == 0
+    other.close()
+    assert ResumablePairedWriter(tmp_path / "s", 49152, {"k": 2}, resume=False).state is None

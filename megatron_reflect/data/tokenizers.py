@@ -70,10 +70,7 @@ class Tokenizer:
 
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The ids of all ``texts`` back to back (in ``token_dtype``) and the number of ids of each."""
-        ids = self.encode_batch(texts)
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter((i for seq in ids for i in seq), dtype=self.token_dtype, count=int(lengths.sum()))
-        return flat, lengths
+        return _flat(self.encode_batch(texts), self.token_dtype)
 
     def _special_tags(self) -> list[str]:
         """The template tags registered as special tokens (recorded by ``describe``)."""
@@ -160,6 +157,13 @@ class Tokenizer:
             raise DataError(f"no token of {text!r} covers its verdict word [{v0}, {v1})")
         cache[piece.text] = (np.array(ids, self.token_dtype), np.array(codes, np.uint8))
         return cache[piece.text]
+
+
+def _flat(ids: list[list[int]], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Id lists -> (all ids back to back, length of each): one conversion per list, in C."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    parts = [np.array(seq, dtype=dtype) for seq in ids]
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype)), lengths
 
 
 def configure_threads(n: int) -> None:
@@ -275,10 +279,7 @@ class HFTokenizer(Tokenizer):
 
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         encode = self.backend.encode_batch_fast if self._fast else self.backend.encode_batch
-        encodings = encode(texts, add_special_tokens=False)
-        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
-        parts = [np.array(e.ids, dtype=self.token_dtype) for e in encodings]
-        return (np.concatenate(parts) if parts else np.zeros(0, self.token_dtype)), lengths
+        return _flat([e.ids for e in encode(texts, add_special_tokens=False)], self.token_dtype)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -338,10 +339,7 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.encode(texts, num_threads=self.threads)
 
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        ids = self.sp.encode(texts, num_threads=self.threads)
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        parts = [np.array(seq, dtype=self.token_dtype) for seq in ids]
-        return (np.concatenate(parts) if parts else np.zeros(0, self.token_dtype)), lengths
+        return _flat(self.sp.encode(texts, num_threads=self.threads), self.token_dtype)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
