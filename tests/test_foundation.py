@@ -138,3 +138,23 @@ def test_optimizer_steps_lower_the_loss() -> None:
     assert losses[0] == pytest.approx(torch.log(torch.tensor(float(cfg.padded_vocab_size()))).item(), abs=0.15)
     assert losses[-1] < losses[0] - 0.3, losses
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
+
+
+def test_device_switch(monkeypatch) -> None:
+    """MEGATRON_REFLECT_DEVICE: cpu wins over a visible GPU; cuda insists on one; anything else is an error."""
+    from megatron_reflect.errors import ConfigError
+    from megatron_reflect.runtime.device import DEVICE_ENV, use_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert use_cuda() is False  # the suite's setting (conftest): a GPU host still runs these tests on the CPU
+    monkeypatch.setenv(DEVICE_ENV, "auto")
+    assert use_cuda() is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert use_cuda() is False
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    with pytest.raises(ConfigError, match="MEGATRON_REFLECT_DEVICE=cuda but no CUDA device"):
+        use_cuda()
+    monkeypatch.setenv(DEVICE_ENV, "gpu")
+    with pytest.raises(ConfigError, match=r"MEGATRON_REFLECT_DEVICE='gpu': expected one of \['auto', 'cpu', 'cuda'\]"):
+        use_cuda()

@@ -1,8 +1,9 @@
 """The adaptations megatron-core 0.19 needs to run on a machine without CUDA.
 
 Everything CPU-specific lives here, is applied once per process by
-:func:`apply_cpu_compat`, and only when ``torch.cuda.is_available()`` is False; on a GPU
-this module changes nothing.  Each patch names the megatron-core line that needs it
+:func:`apply_cpu_compat`, and only on the CPU path (no GPU, or ``MEGATRON_REFLECT_DEVICE=cpu``
+on a GPU host: then this process gives up CUDA for good); on the GPU path this module
+changes nothing.  Each patch names the megatron-core line that needs it
 (0.19.2; see shared/research/megatron-core-on-cpu.md).  What it buys: GPTModel forward
 and backward, TP and PP over gloo, the pipeline schedules and torch_dist checkpoints all
 run on CPU, so the parallel code paths are tested in CPU CI.  What it does not cover:
@@ -16,6 +17,8 @@ import types
 from typing import Any
 
 import torch
+
+from megatron_reflect.runtime.device import use_cuda
 
 _MARK = "_megatron_reflect_cpu_compat"
 
@@ -47,7 +50,7 @@ def _cpu_torch_proxy() -> types.ModuleType:
 
 def apply_cpu_compat() -> bool:
     """Patch megatron-core for CPU execution; idempotent. Returns True if patches are active."""
-    if torch.cuda.is_available():
+    if use_cuda():
         return False
     if getattr(torch.cuda, _MARK, False):
         return True

@@ -3,9 +3,16 @@
 One entry point, :func:`init_runtime`, for every launcher: a single process by default,
 or the ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``
 variables that ``torchrun`` (or :mod:`megatron_reflect.runtime.launch`) sets.  NCCL with
-CUDA, gloo without; the CPU adaptations are applied here and nowhere else.  The returned
-:class:`Runtime` is passed explicitly to whatever needs ranks or the device: no globals of
-our own (megatron's ``parallel_state`` keeps its process groups, as it must).
+CUDA, gloo without (:func:`~megatron_reflect.runtime.device.use_cuda` decides, so
+``MEGATRON_REFLECT_DEVICE=cpu`` gives the CPU path on a GPU host); the CPU adaptations are
+applied here and nowhere else.  The returned :class:`Runtime` is passed explicitly to
+whatever needs ranks or the device: no globals of our own (megatron's ``parallel_state``
+keeps its process groups, as it must).
+
+Seeds follow Megatron-LM: pipeline stage ``p`` seeds with ``seed + 100 * p``, so stages
+do not initialise their layers (or draw dropout masks) from the same stream; tensor-parallel
+ranks of a stage share the seed (CPU initialisation splits one full weight; on a GPU
+megatron's RNG tracker offsets the tensor-parallel stream itself).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ import torch.distributed as dist
 
 from megatron_reflect.errors import ConfigError
 from megatron_reflect.runtime.cpu_compat import apply_cpu_compat
+from megatron_reflect.runtime.device import use_cuda as _use_cuda
+
+PIPELINE_SEED_STRIDE = 100  # Megatron-LM's per-stage seed offset (training/initialize.py _set_random_seed)
 
 
 @dataclass
@@ -67,16 +77,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stage_seed(seed: int, pipeline_rank: int) -> int:
+    """The seed of pipeline stage ``pipeline_rank`` (Megatron-LM's offset)."""
+    return seed + PIPELINE_SEED_STRIDE * pipeline_rank
+
+
 def set_seed(seed: int, use_cuda: bool | None = None) -> None:
-    """Seed python, numpy and torch, and megatron's model-parallel RNG tracker.
+    """Seed python, numpy and torch, and megatron's model-parallel RNG tracker, with ``seed``.
 
     On CPU megatron's CUDA RNG tracker cannot hold states, so it is replaced by its
     inference tracker (fork() is a no-op): weights are then initialised on the CPU from the
     default generator, identically for every TP layout, and dropout shares one stream.
+    :func:`init_runtime` calls this with the stage's seed (:func:`stage_seed`).
     """
     from megatron.core import tensor_parallel
 
-    use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
+    use_cuda = _use_cuda() if use_cuda is None else use_cuda
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -87,10 +103,15 @@ def set_seed(seed: int, use_cuda: bool | None = None) -> None:
 
 
 def init_runtime(parallel: ParallelConfig, seed: int = 1234, timeout_minutes: int = 30) -> Runtime:
-    """Initialise torch.distributed and megatron's parallel state (idempotent for a process)."""
+    """Initialise torch.distributed and megatron's parallel state (idempotent for a process).
+
+    Seeds every generator with ``seed`` offset by the pipeline stage (:func:`stage_seed`);
+    a parallel layout that must reproduce another one's weights loads them from one full
+    state dict or checkpoint instead of relying on the seed.
+    """
     from megatron.core import parallel_state
 
-    use_cuda = torch.cuda.is_available()
+    use_cuda = _use_cuda()
     if not use_cuda:
         apply_cpu_compat()
     rank = int(os.environ.get("RANK", "0"))
@@ -101,6 +122,9 @@ def init_runtime(parallel: ParallelConfig, seed: int = 1234, timeout_minutes: in
         raise ConfigError("parallel.sequence_parallel needs Transformer Engine norms, i.e. a GPU")
 
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible: "
+                              f"launch at most one process per GPU")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
         backend = "nccl"
@@ -126,7 +150,7 @@ def init_runtime(parallel: ParallelConfig, seed: int = 1234, timeout_minutes: in
             pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         )
-    set_seed(seed, use_cuda)
+    set_seed(stage_seed(seed, parallel_state.get_pipeline_model_parallel_rank()), use_cuda)
     return Runtime(
         rank=rank,
         world_size=world_size,
