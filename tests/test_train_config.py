@@ -47,9 +47,54 @@ def test_fp8_without_gpu_is_a_config_error() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    cfg = resolve(get_recipe("tiny-cpu"), None, ["precision.fp8=tensorwise"])
+    # FP8-compatible dimensions (the tiny preset's ffn 172 is not), so the device is what fails
+    cfg = resolve(get_recipe("tiny-cpu"), None, ["precision.fp8=tensorwise", "model.ffn_hidden_size=192"])
     with pytest.raises(ConfigError, match="precision.fp8 needs a CUDA GPU"):
         cfg.validate()
+
+
+def test_fp8_settings_that_megatron_or_te_reject_fail_in_validate_on_any_machine() -> None:
+    """What TransformerConfig or TE's FP8 GEMMs would raise after launch is a ConfigError in validate()."""
+    from megatron_reflect.model.presets import get_preset
+    from megatron_reflect.model.provider import PrecisionConfig, check_precision
+    from megatron_reflect.runtime import ParallelConfig
+
+    fp8_ok = ["model.ffn_hidden_size=192"]
+    cfg = resolve(get_recipe("tiny-cpu"), None, [*fp8_ok, "precision.fp8=delayed", "precision.fp8_first_last_bf16=true"])
+    with pytest.raises(ConfigError, match=r"precision.fp8=delayed cannot keep the first/last layers in BF16"):
+        cfg.validate()
+    # the tiny preset: ffn_hidden_size 172 (and 2 x 172 = 344) is no multiple of 16
+    cfg = resolve(get_recipe("tiny-cpu"), None, ["precision.fp8=tensorwise"])
+    with pytest.raises(ConfigError, match=r"linear_fc1 output 2 x model.ffn_hidden_size / TP1 = 344; "
+                                          r"linear_fc2 input model.ffn_hidden_size / TP1 = 172"):
+        cfg.validate()
+    # fine at TP=1 (ffn 208 = 13 x 16), not once split over TP=2 (104)
+    fp8_208 = ["precision.fp8=tensorwise", "model.ffn_hidden_size=208"]
+    check_precision(resolve(get_recipe("tiny-cpu"), None, fp8_208).model, ParallelConfig(),
+                    PrecisionConfig(fp8="tensorwise"))
+    cfg = resolve(get_recipe("tiny-cpu"), None, [*fp8_208, "parallel.tensor_model_parallel_size=2"])
+    with pytest.raises(ConfigError, match=r"linear_fc2 input model.ffn_hidden_size / TP2 = 104;"):
+        cfg.validate(2)
+    # tokens per microbatch: 1 x 60 is no multiple of 8
+    cfg = resolve(get_recipe("tiny-cpu"), None, [*fp8_ok, "precision.fp8=tensorwise", "data.seq_length=60",
+                                                  "schedule.micro_batch_size=1", "schedule.global_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"micro_batch_size x data.seq_length = 60\) divisible by 8"):
+        cfg.validate()
+    # the GPU presets pass at the layouts they are run with
+    for name, tps in (("smollm2-1.7b", (1, 2, 4, 8)), ("llama-1.7b-gqa", (1, 2, 8)), ("smollm2-135m", (1, 3))):
+        for tp in tps:
+            check_precision(get_preset(name), ParallelConfig(tensor_model_parallel_size=tp),
+                            PrecisionConfig(dtype="bf16", fp8="tensorwise"), tokens_per_microbatch=4 * 2048)
+
+
+def test_bad_intervals_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="logging.log_interval 0 must be >= 1"):
+        resolve(get_recipe("tiny-cpu"), None, ["logging.log_interval=0"]).validate()
+    with pytest.raises(ConfigError, match="checkpoint.save_interval -1"):
+        resolve(get_recipe("tiny-cpu"), None, ["checkpoint.save_interval=-1"]).validate()
+    with pytest.raises(ConfigError, match="num_query_groups 2 is not divisible by parallel.tensor_model_parallel_size 4"):
+        resolve(get_recipe("tiny-cpu"), None, ["parallel.tensor_model_parallel_size=4",
+                                                "schedule.global_batch_size=4"]).validate(4)
 
 
 def test_wsd_schedule() -> None:
@@ -99,3 +144,21 @@ def test_dry_run_prints_config_parameters_and_flops(capsys) -> None:
     flops = float(out.split("FLOPs per token (seq 2048): ")[1].split()[0])
     assert flops == pytest.approx(get_recipe("smollm2-1.7b").model.flops_per_token(2048), rel=1e-3)
     assert cli.main(["--recipe", "tiny-cpu", "optim.nope=1"]) == 2
+
+
+def test_resuming_the_other_paths_optimizer_state_is_a_clear_error(tmp_path) -> None:
+    """A CPU (torch AdamW) checkpoint resumed by the GPU trainer, or back, or dp_reshardable at a new TP."""
+    from megatron_reflect.train.checkpointing import MEGATRON_DISTRIBUTED, TORCH_ADAMW, _check_resumable
+
+    cpu = {"format": TORCH_ADAMW, "sharding": "model_space"}
+    gpu = {"format": MEGATRON_DISTRIBUTED, "sharding": "dp_reshardable"}
+    with pytest.raises(ConfigError, match=r"written by the CPU trainer \(torch AdamW\) and cannot be resumed by the "
+                                          r"GPU trainer .*checkpoint.load=.*step_1 checkpoint.resume=false"):
+        _check_resumable(tmp_path / "step_1", cpu, gpu, layout_changed=False)
+    with pytest.raises(ConfigError, match=r"written by the GPU trainer .* cannot be resumed by the CPU trainer"):
+        _check_resumable(tmp_path / "step_1", gpu, cpu, layout_changed=False)
+    with pytest.raises(ConfigError, match=r"saved dp_reshardable, which resumes only at the TP/PP layout"):
+        _check_resumable(tmp_path / "step_1", gpu, gpu, layout_changed=True)
+    _check_resumable(tmp_path / "step_1", gpu, gpu, layout_changed=False)  # same layout: fine (any DP size)
+    _check_resumable(tmp_path / "step_1", cpu, cpu, layout_changed=True)  # CPU moments reshard like weights
+    _check_resumable(tmp_path / "step_1", None, gpu, layout_changed=True)  # weights-only: fresh moments

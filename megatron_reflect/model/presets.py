@@ -32,6 +32,8 @@ class ModelConfig:
     init_method_std: float = 0.02
     make_vocab_size_divisible_by: int = 128
     layer_spec: Literal["auto", "local", "te"] = "auto"
+    hidden_dropout: float = 0.0  # after attention and MLP (SmolLM2 and SRP train without dropout)
+    attention_dropout: float = 0.0  # on the attention probabilities
 
     def padded_vocab_size(self, tensor_parallel_size: int = 1) -> int:
         """Rows of the embedding: a multiple of ``make_vocab_size_divisible_by`` and of the TP size.
@@ -52,6 +54,19 @@ class ModelConfig:
             raise ConfigError(f"model: hidden_size {self.hidden_size} not divisible by num_attention_heads")
         if self.num_attention_heads % self.num_query_groups:
             raise ConfigError("model: num_attention_heads must be a multiple of num_query_groups")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} {getattr(self, name)} must lie in [0, 1)")
+
+    def validate_layout(self, tensor_parallel: int, pipeline_parallel: int) -> None:
+        """The splits megatron-core needs: heads, KV groups and FFN over TP; layers over PP."""
+        for name in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
+            if getattr(self, name) % tensor_parallel:
+                raise ConfigError(f"model.{name} {getattr(self, name)} is not divisible by "
+                                  f"parallel.tensor_model_parallel_size {tensor_parallel}")
+        if self.num_layers % pipeline_parallel:
+            raise ConfigError(f"model.num_layers {self.num_layers} is not divisible by "
+                              f"parallel.pipeline_model_parallel_size {pipeline_parallel}")
 
     def num_parameters(self) -> int:
         """Parameters of the unpadded model (embedding counted once when tied)."""

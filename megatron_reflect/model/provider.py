@@ -3,6 +3,17 @@
 The layer spec is Transformer Engine's on a GPU with TE installed (required for FP8) and
 megatron's local one otherwise; ``layer_spec`` overrides the choice.  TE is imported only
 when chosen, so the CPU path never touches it.
+
+Kernel fusions (``precision.fusions``, on by default) are switched on only where their
+kernels exist: with the TE spec, TE's fused RoPE and the softmax / SwiGLU / bias-dropout
+fusions; gradient-accumulation fusion (the weight gradient GEMM accumulates straight into
+megatron DDP's fp32 ``main_grad``) additionally needs apex's ``fused_weight_gradient_mlp_cuda``
+(megatron's own output layer uses it; NGC containers ship it) and a model that megatron DDP
+wraps.  ``tools/gpu_check.sh`` measures bf16 throughput with and without them.
+
+FP8 needs every GEMM of a rank to have feature dimensions divisible by 16 and a token
+count divisible by 8 (Transformer Engine's FP8 GEMM constraint); :func:`check_precision`
+says which dimension breaks it before anything is launched.
 """
 
 from __future__ import annotations
@@ -15,16 +26,64 @@ import torch.nn.functional as F
 
 from megatron_reflect.errors import ConfigError
 from megatron_reflect.model.presets import ModelConfig
+from megatron_reflect.runtime.device import use_cuda
 from megatron_reflect.runtime.distributed import ParallelConfig
+
+FP8_FEATURE_MULTIPLE = 16  # TE FP8 GEMMs: last dimension of inputs and weights
+FP8_TOKEN_MULTIPLE = 8  # TE FP8 GEMMs: product of the leading dimensions (tokens)
 
 
 @dataclass
 class PrecisionConfig:
-    """Numerics: parameter/compute dtype and FP8 through Transformer Engine."""
+    """Numerics and kernels: parameter/compute dtype, FP8 through Transformer Engine, fusions."""
 
     dtype: Literal["fp32", "bf16"] = "fp32"
     fp8: Literal["none", "tensorwise", "delayed"] = "none"
-    fp8_first_last_bf16: bool = False
+    fp8_first_last_bf16: bool = False  # keep the first and last transformer layer in BF16 (tensorwise only)
+    fusions: bool = True  # fused kernels where TE / apex provide them (module docstring)
+
+
+def fp8_gemm_dims(model: ModelConfig, tensor_parallel: int = 1) -> dict[str, int]:
+    """Feature dimensions of one rank's transformer GEMMs (inputs and outputs), by name."""
+    h, f = model.hidden_size, model.ffn_hidden_size
+    kv = model.num_query_groups * model.head_dim
+    tp = tensor_parallel
+    return {
+        "model.hidden_size": h,
+        f"linear_qkv output (model.hidden_size + 2 x num_query_groups x head_dim) / TP{tp}": (h + 2 * kv) // tp,
+        f"linear_proj input model.hidden_size / TP{tp}": h // tp,
+        f"linear_fc1 output 2 x model.ffn_hidden_size / TP{tp}": 2 * f // tp,
+        f"linear_fc2 input model.ffn_hidden_size / TP{tp}": f // tp,
+    }
+
+
+def check_precision(model: ModelConfig, parallel: ParallelConfig, precision: PrecisionConfig,
+                    tokens_per_microbatch: int | None = None) -> None:
+    """FP8 settings that megatron-core or Transformer Engine would reject after launch, as ConfigErrors.
+
+    Pure arithmetic (no GPU needed), so a bad FP8 launch fails in ``validate`` on any machine.
+    """
+    if precision.fp8 == "none":
+        return
+    if precision.fp8 == "delayed" and precision.fp8_first_last_bf16:
+        # megatron-core TransformerConfig.__post_init__: "Delayed scaling does not support
+        # first / last layer in BF16."
+        raise ConfigError("precision.fp8=delayed cannot keep the first/last layers in BF16 "
+                          "(precision.fp8_first_last_bf16=true): use precision.fp8=tensorwise or turn it off")
+    bad = {name: dim for name, dim in fp8_gemm_dims(model, parallel.tensor_model_parallel_size).items()
+           if dim % FP8_FEATURE_MULTIPLE}
+    if bad:
+        listed = "; ".join(f"{name} = {dim}" for name, dim in bad.items())
+        raise ConfigError(f"precision.fp8={precision.fp8}: FP8 GEMMs need dimensions divisible by "
+                          f"{FP8_FEATURE_MULTIPLE}, but {listed}; change the model or set precision.fp8=none")
+    if tokens_per_microbatch is not None:
+        tokens = tokens_per_microbatch
+        if parallel.sequence_parallel:
+            tokens //= parallel.tensor_model_parallel_size
+        if tokens % FP8_TOKEN_MULTIPLE:
+            per = "schedule.micro_batch_size x data.seq_length" + (" / TP" if parallel.sequence_parallel else "")
+            raise ConfigError(f"precision.fp8={precision.fp8}: FP8 GEMMs need the tokens of a microbatch "
+                              f"({per} = {tokens}) divisible by {FP8_TOKEN_MULTIPLE}")
 
 
 def te_available() -> bool:
@@ -38,7 +97,7 @@ def te_available() -> bool:
 def resolve_layer_spec(model: ModelConfig, precision: PrecisionConfig) -> Literal["local", "te"]:
     wanted = model.layer_spec
     if precision.fp8 != "none":
-        if not torch.cuda.is_available():
+        if not use_cuda():
             raise ConfigError("precision.fp8 needs a CUDA GPU (Transformer Engine FP8); set precision.fp8=none on CPU")
         if not te_available():
             raise ConfigError("precision.fp8 needs Transformer Engine: pip install 'megatron_reflect[gpu]' "
@@ -47,26 +106,40 @@ def resolve_layer_spec(model: ModelConfig, precision: PrecisionConfig) -> Litera
             raise ConfigError("precision.fp8 needs model.layer_spec=te (or auto)")
         return "te"
     if wanted == "auto":
-        return "te" if torch.cuda.is_available() and te_available() else "local"
+        return "te" if use_cuda() and te_available() else "local"
     if wanted == "te" and not te_available():
         raise ConfigError("model.layer_spec=te but Transformer Engine cannot be imported here")
     return wanted
 
 
+def grad_accum_fusion_available() -> bool:
+    """Whether megatron's ColumnParallelLinear can fuse weight-gradient accumulation (apex extension)."""
+    from megatron.core.tensor_parallel import layers
+
+    return bool(layers._grad_accum_fusion_available)
+
+
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
-                             precision: PrecisionConfig | None = None, init_weights: bool = True):
+                             precision: PrecisionConfig | None = None, init_weights: bool = True,
+                             main_grads: bool = False):
     """The megatron TransformerConfig for a Llama-family model.
 
     ``init_weights=False`` leaves parameters uninitialised (for callers that overwrite every
     weight, e.g. checkpoint import: random init of a 1.7B model costs minutes on a CPU).
+    ``main_grads``: the model will be wrapped in megatron DDP (fp32 ``main_grad`` buffers),
+    which gradient-accumulation fusion needs.
     """
     from megatron.core.transformer import TransformerConfig
 
     precision = precision or PrecisionConfig()
     model.validate()
+    model.validate_layout(parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size)
+    check_precision(model, parallel, precision)
     spec = resolve_layer_spec(model, precision)
-    on_gpu = torch.cuda.is_available()
+    on_gpu = use_cuda()
     bf16 = precision.dtype == "bf16"
+    te = spec == "te"
+    fused = te and precision.fusions
     extra = {}
     if precision.fp8 != "none":
         extra.update(fp8="hybrid", fp8_recipe="tensorwise" if precision.fp8 == "tensorwise" else "delayed",
@@ -84,8 +157,8 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
         init_method_std=model.init_method_std,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
@@ -97,27 +170,28 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         autocast_dtype=torch.bfloat16 if bf16 else torch.float32,
-        transformer_impl="transformer_engine" if spec == "te" else "local",
-        # Fusions need TE or apex kernels; off on the local (CPU) path.
-        masked_softmax_fusion=spec == "te",
-        bias_activation_fusion=spec == "te",
-        bias_dropout_fusion=spec == "te",
-        apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        cross_entropy_loss_fusion=False,
+        transformer_impl="transformer_engine" if te else "local",
+        # Fusions need TE or apex kernels; off on the local (CPU) path (module docstring).
+        masked_softmax_fusion=fused,
+        bias_activation_fusion=fused,
+        bias_dropout_fusion=fused,
+        apply_rope_fusion=fused,  # TE's fused RoPE (megatron rope_utils.fused_apply_rotary_pos_emb)
+        persist_layer_norm=False,  # apex's persistent LayerNorm; TE's RMSNorm is used instead
+        gradient_accumulation_fusion=fused and main_grads and grad_accum_fusion_available(),
+        cross_entropy_loss_fusion=False,  # the loss seam (train/step.py) computes its own cross entropy
         **extra,
     )
 
 
 def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: PrecisionConfig | None = None,
-                    pre_process: bool | None = None, post_process: bool | None = None, init_weights: bool = True):
+                    pre_process: bool | None = None, post_process: bool | None = None, init_weights: bool = True,
+                    main_grads: bool = False):
     """A GPTModel for this rank's pipeline stage (pre/post-process derived from parallel_state)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     precision = precision or PrecisionConfig()
-    config = build_transformer_config(model, parallel, precision, init_weights)
+    config = build_transformer_config(model, parallel, precision, init_weights, main_grads)
     if resolve_layer_spec(model, precision) == "te":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -142,6 +216,6 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
         rotary_base=int(model.rotary_base),
         parallel_output=True,
     )
-    if torch.cuda.is_available():
+    if use_cuda():
         gpt = gpt.cuda()
     return gpt

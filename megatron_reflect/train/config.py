@@ -16,7 +16,7 @@ from typing import Literal
 from megatron_reflect.data.dataset import DataConfig
 from megatron_reflect.errors import ConfigError
 from megatron_reflect.model.presets import ModelConfig
-from megatron_reflect.model.provider import PrecisionConfig, resolve_layer_spec
+from megatron_reflect.model.provider import PrecisionConfig, check_precision, resolve_layer_spec
 from megatron_reflect.runtime.distributed import ParallelConfig
 from megatron_reflect.train.step import LossConfig
 
@@ -63,6 +63,13 @@ class CheckpointConfig:
     ``save_dir`` defaults to ``<run_dir>/checkpoints``.  ``resume``: continue from the
     newest complete checkpoint in ``save_dir`` if there is one.  ``load``: initial weights
     only (any TP/PP layout), e.g. a converted or earlier checkpoint; ignored when resuming.
+    ``save_optimizer=false`` writes weights, RNG and data position only (a third of the
+    bytes with AdamW): such a checkpoint resumes with fresh optimizer moments (logged).
+    ``optimizer_reshardable`` (GPU, distributed optimizer): save the optimizer state in
+    megatron's ``fully_reshardable`` format, which resumes at another TP/PP layout but
+    gathers the whole state on every rank while saving; the default ``dp_reshardable``
+    writes each rank's shard as it is (no gather) and resumes at the same TP/PP layout with
+    any data-parallel size.
     """
 
     save_dir: str | None = None
@@ -71,6 +78,8 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: bool = True
     load: str | None = None
+    save_optimizer: bool = True
+    optimizer_reshardable: bool = False
 
 
 @dataclass
@@ -108,7 +117,13 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> None:
         self.model.validate()
-        resolve_layer_spec(self.model, self.precision)  # FP8 without TE or a GPU fails here, before any launch
+        self.model.validate_layout(self.parallel.tensor_model_parallel_size,
+                                   self.parallel.pipeline_model_parallel_size)
+        # FP8 settings megatron / TE would reject after launch: checked on any machine ...
+        check_precision(self.model, self.parallel, self.precision,
+                        self.schedule.micro_batch_size * self.data.seq_length)
+        # ... then FP8 without TE or a GPU, also before any launch
+        resolve_layer_spec(self.model, self.precision)
         self.num_microbatches(world_size)
         s = self.schedule
         if s.train_steps < 1:
@@ -126,6 +141,13 @@ class TrainConfig:
                               f"model.max_position_embeddings {self.model.max_position_embeddings}")
         if self.checkpoint.keep_last < 1:
             raise ConfigError("checkpoint.keep_last must be >= 1")
+        if self.logging.log_interval < 1:
+            raise ConfigError(f"logging.log_interval {self.logging.log_interval} must be >= 1")
+        intervals = {"checkpoint.save_interval": self.checkpoint.save_interval,
+                     "schedule.eval_interval": s.eval_interval, "schedule.exit_interval": s.exit_interval}
+        for name, value in intervals.items():
+            if value < 0:
+                raise ConfigError(f"{name} {value} must be >= 0 (0 turns it off)")
         if self.parallel.virtual_pipeline_model_parallel_size is not None:
             raise ConfigError("parallel.virtual_pipeline_model_parallel_size: the interleaved schedule is not "
                               "supported by this trainer yet; leave it unset")
