@@ -8,8 +8,17 @@ A checkpoint is one directory::
                               ``model.``; the trainer adds ``optimizer.`` etc. beside them
 
 Weights are saved through ``model.sharded_state_dict()``, so a checkpoint written with
-one TP/PP layout loads into any other.  Directories are written under a temporary name
-and renamed when complete: a directory without ``meta.json`` is never a checkpoint.
+one TP/PP layout loads into any other.  Completeness, in the order things are written:
+``dist/`` (megatron writes its ``metadata.json`` last, after every shard), then
+``model_config.yaml`` and ``meta.json``, all under ``<dir>.tmp``, renamed to ``<dir>`` when
+complete.  A directory is a checkpoint only with all of them, so a job killed at any
+moment leaves nothing that loads as one.  Loading is strict: a tensor the model needs and
+the checkpoint lacks fails with its name.
+
+With data parallelism the save is spread over the data-parallel ranks (megatron's
+fully-parallel save wrapper: each replicated shard is written by one of them instead of
+all by DP rank 0); on a GPU the load is spread likewise (fully-parallel load wrapper, the
+pieces exchanged over NCCL), so no rank reads the whole checkpoint.
 """
 
 from __future__ import annotations
@@ -27,21 +36,27 @@ import yaml
 from megatron_reflect.config import from_dict, to_dict
 from megatron_reflect.errors import ConversionError
 from megatron_reflect.model.presets import ModelConfig
+from megatron_reflect.runtime.device import use_cuda
+from megatron_reflect.runtime.faults import kill_point
 
 MODEL_CONFIG = "model_config.yaml"
 META = "meta.json"
 DIST = "dist"
+DIST_COMPLETE = "metadata.json"  # written by megatron's dist_checkpointing.save after all shards
+TMP_SUFFIX = ".tmp"
 
 
 def is_checkpoint(path: str | Path) -> bool:
     p = Path(path)
-    return (p / META).is_file() and (p / MODEL_CONFIG).is_file() and (p / DIST).is_dir()
+    return ((p / META).is_file() and (p / MODEL_CONFIG).is_file() and (p / DIST / DIST_COMPLETE).is_file()
+            and not p.name.endswith(TMP_SUFFIX))
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
     p = Path(path)
     if not is_checkpoint(p):
-        raise ConversionError(f"{p}: not a megatron_reflect checkpoint (needs {MODEL_CONFIG}, {META} and {DIST}/)")
+        raise ConversionError(f"{p}: not a megatron_reflect checkpoint (needs {MODEL_CONFIG}, {META} and "
+                              f"{DIST}/{DIST_COMPLETE})")
     with open(p / MODEL_CONFIG, encoding="utf-8") as f:
         return from_dict(ModelConfig, yaml.safe_load(f), where=str(p / MODEL_CONFIG))
 
@@ -65,13 +80,75 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _data_parallel_group() -> dist.ProcessGroup | None:
+    """Megatron's data-parallel group when there is more than one replica, else None."""
+    if not dist.is_initialized():
+        return None
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return None
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    return group if group.size() > 1 else None
+
+
+def _save_strategy():
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+    base = TorchDistSaveShardedStrategy("torch_dist", 1)
+    group = _data_parallel_group()
+    return base if group is None else FullyParallelSaveStrategyWrapper(base, group)
+
+
+def _load_strategy():
+    # The fully-parallel load exchanges the pieces with CUDA tensors (megatron
+    # dist_checkpointing/exchange_utils.py allocates device="cuda"): GPU only.
+    group = _data_parallel_group()
+    if group is None or not use_cuda():
+        return None
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistLoadShardedStrategy
+
+    return FullyParallelLoadStrategyWrapper(TorchDistLoadShardedStrategy(), group)
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (so all ranks raise together)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=torch.device("cuda", torch.cuda.current_device()) if use_cuda() else "cpu")
+    dist.all_reduce(t)
+    return bool(t.item())
+
+
+def load_sharded(template: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``dist_checkpointing.load`` of ``template`` from ``<path>/dist``, strictly.
+
+    A tensor or object the template asks for and the checkpoint lacks raises a
+    ConversionError naming it (megatron's own error is a KeyError deep in the planner).
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    p = Path(path)
+    state, _, absent = dist_checkpointing.load(template, str(p / DIST), sharded_strategy=_load_strategy(),
+                                               strict=StrictHandling.RETURN_UNEXPECTED)
+    if _any_rank(bool(absent)):
+        names = sorted(absent)
+        listed = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise ConversionError(f"{p / DIST}: checkpoint has no tensor {listed}" if names else
+                              f"{p / DIST}: another rank found tensors missing from this checkpoint")
+    return state
+
+
 def save_checkpoint(path: str | Path, model_chunks: list[torch.nn.Module], model_cfg: ModelConfig,
                     meta: dict[str, Any] | None = None, extra_sharded: dict[str, Any] | None = None) -> Path:
     """Save weights (+ ``extra_sharded`` entries) collectively; rank 0 writes the small files."""
     from megatron.core import dist_checkpointing
 
     final = Path(path)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = final.with_name(final.name + TMP_SUFFIX)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0:
         if tmp.exists():
@@ -81,8 +158,9 @@ def save_checkpoint(path: str | Path, model_chunks: list[torch.nn.Module], model
     state = model_sharded_state_dict(model_chunks)
     if extra_sharded:
         state.update(extra_sharded)
-    dist_checkpointing.save(state, str(tmp / DIST))
+    dist_checkpointing.save(state, str(tmp / DIST), sharded_strategy=_save_strategy())
     _barrier()
+    kill_point("checkpoint_commit", final.name)
     if rank0:
         with open(tmp / MODEL_CONFIG, "w", encoding="utf-8") as f:
             yaml.safe_dump(to_dict(model_cfg), f, sort_keys=False)
@@ -96,18 +174,23 @@ def save_checkpoint(path: str | Path, model_chunks: list[torch.nn.Module], model
 
 
 def load_model_weights(path: str | Path, model_chunks: list[torch.nn.Module]) -> None:
-    """Load weights into ``model_chunks`` (any TP/PP layout) from a checkpoint directory."""
-    from megatron.core import dist_checkpointing
+    """Load weights into ``model_chunks`` (any TP/PP layout) from a checkpoint directory.
 
+    Strict: every parameter and buffer of the model must come from the checkpoint
+    (Transformer Engine's ``_extra_state``, FP8 scaling metadata, may be absent).
+    """
     p = Path(path)
     if not is_checkpoint(p):
-        raise ConversionError(f"{p}: not a megatron_reflect checkpoint (needs {MODEL_CONFIG}, {META} and {DIST}/)")
-    state = dist_checkpointing.load(model_sharded_state_dict(model_chunks), str(p / DIST))
-    if len(model_chunks) == 1:
-        model_chunks[0].load_state_dict(_strip(state, "model."), strict=False)
-    else:
-        for i, chunk in enumerate(model_chunks):
-            chunk.load_state_dict(_strip(state, f"model{i}."), strict=False)
+        raise ConversionError(f"{p}: not a megatron_reflect checkpoint (needs {MODEL_CONFIG}, {META} and "
+                              f"{DIST}/{DIST_COMPLETE})")
+    state = load_sharded(model_sharded_state_dict(model_chunks), p)
+    prefixes = ["model."] if len(model_chunks) == 1 else [f"model{i}." for i in range(len(model_chunks))]
+    for prefix, chunk in zip(prefixes, model_chunks):
+        result = chunk.load_state_dict(_strip(state, prefix), strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise ConversionError(f"{p / DIST}: weights do not match the model: missing {missing}, "
+                                  f"unexpected {list(result.unexpected_keys)}")
 
 
 def _strip(state: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -93,3 +93,42 @@ def test_stopped_and_resumed_run_matches_uninterrupted(prefix: str, tmp_path: Pa
     assert first.losses + second.losses == pytest.approx(straight.losses, abs=1e-6, rel=0)
     # the resumed half is not a replay of the first half: the data position moved on
     assert second.losses[0] != pytest.approx(straight.losses[0], abs=1e-3)
+
+
+def test_dataloader_workers_give_the_same_batches_and_leave_the_global_rng_alone(prefix: str) -> None:
+    """The 135M / 1.7B recipes load with data.num_workers=2: same microbatches as in-process loading,
+    and starting the workers does not draw from torch's global generator (the dropout stream a
+    checkpoint restores)."""
+    import torch
+
+    from megatron_reflect.data.dataset import DataConfig
+    from megatron_reflect.train.data_loading import build_datasets, microbatches
+
+    ds, _ = build_datasets(DataConfig(blend=[prefix], seq_length=64, split="100,0,0"), 48, 0)
+    for dp_rank, dp_size, consumed in ((0, 1, 0), (1, 2, 16)):
+        plain = list(microbatches(ds, consumed, 48, 4, dp_rank, dp_size))
+        before = torch.get_rng_state()
+        workers = microbatches(ds, consumed, 48, 4, dp_rank, dp_size, num_workers=2)
+        assert torch.equal(torch.get_rng_state(), before)
+        workers = list(workers)
+        assert len(workers) == len(plain) == (48 - consumed) // (4 * dp_size)
+        for a, b in zip(plain, workers):
+            assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weights_only_checkpoint_resumes_with_fresh_moments(prefix: str, tmp_path: Path, caplog) -> None:
+    import logging
+
+    from megatron_reflect.convert.tensor_io import DistWeights
+
+    common = ("schedule.train_steps=4", "schedule.warmup_steps=1", "schedule.eval_interval=0",
+              "checkpoint.save_optimizer=false")
+    first = train(_cfg(prefix, tmp_path / "run", *common, "schedule.exit_interval=2"))
+    meta = json.loads((first.last_checkpoint / "meta.json").read_text())
+    assert meta["optimizer"] is None and meta["step"] == 2
+    keys = DistWeights(first.last_checkpoint / "dist").keys()
+    assert not any(k.startswith("optimizer") for k in keys) and any(k.startswith("model.") for k in keys)
+    with caplog.at_level(logging.WARNING, logger="megatron_reflect.train.checkpointing"):
+        second = train(_cfg(prefix, tmp_path / "run", *common))
+    assert second.steps == 4 and len(second.losses) == 2
+    assert "holds no optimizer state" in caplog.text and "fresh AdamW moments" in caplog.text

@@ -7,7 +7,7 @@ to the device inside the pipeline.  Our samples are already tokenized int64/uint
 read from a memory map (no decoding, no augmentation), so DALI has little to accelerate:
 measure with ``benchmarks/bench_data_loading.py`` before choosing it; the torch loader is
 the default.  Needs the ``dali`` extra (``pip install 'megatron_reflect[dali]'``,
-nvidia-dali-cuda120, ~1 GB); imported only when ``data_loader=dali``.
+nvidia-dali-cuda130 for the CUDA 13 image, ~1 GB); imported only when ``data_loader=dali``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from megatron_reflect.errors import ConfigError
+from megatron_reflect.runtime.device import use_cuda
 
 KEYS = ("tokens", "labels", "loss_mask", "position_ids", "reflection_meta")
 
@@ -30,7 +31,8 @@ def dali_microbatches(dataset: Any, sampler: Iterable[list[int]], num_threads: i
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
     except ImportError as exc:
         raise ConfigError("data_loader=dali needs NVIDIA DALI: pip install 'megatron_reflect[dali]' "
-                          f"(nvidia-dali-cuda120); or use data_loader=torch ({exc})") from None
+                          "(nvidia-dali-cuda130; nvidia-dali-cuda120 on CUDA 12); "
+                          f"or use data_loader=torch ({exc})") from None
 
     batches = iter(sampler)
     first = next(batches, None)
@@ -43,7 +45,7 @@ def dali_microbatches(dataset: Any, sampler: Iterable[list[int]], num_threads: i
         samples = [dataset[i] for i in indices]
         return tuple([np.asarray(s[key]) for s in samples] for key in KEYS)
 
-    on_gpu = torch.cuda.is_available()
+    on_gpu = use_cuda()
 
     @pipeline_def(batch_size=len(first), num_threads=num_threads, prefetch_queue_depth=prefetch,
                   device_id=torch.cuda.current_device() if on_gpu else None)

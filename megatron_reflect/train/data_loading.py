@@ -12,7 +12,10 @@ the same for any DP size.
 
 The default loader is a torch ``DataLoader`` over that sampler; ``loader="dali"`` feeds
 the same samples through an NVIDIA DALI pipeline (:mod:`megatron_reflect.train.dali_loader`,
-an optional extra).
+an optional extra).  A DataLoader with workers draws its workers' base seed when an
+iterator starts; it draws it from a generator of its own, not from torch's global one,
+which holds the dropout stream a checkpoint restores (a resumed run starts its iterator
+after the restore, an uninterrupted one never again).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def microbatches(dataset: Dataset, consumed_samples: int, total_samples: int, mi
             # what DataLoader does in-process, without its per-batch bookkeeping (~0.2 ms a batch)
             return (default_collate([dataset[i] for i in indices]) for indices in sampler)
         return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                               persistent_workers=False))
+                               persistent_workers=False, generator=torch.Generator().manual_seed(0)))
     if loader == "dali":
         from megatron_reflect.train.dali_loader import dali_microbatches
 

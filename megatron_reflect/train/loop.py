@@ -8,7 +8,8 @@ accumulation and the pipeline schedule, the reflection-aware forward step and lo
 ``finalize_model_grads_func``).  On a GPU the model is wrapped in megatron DDP
 (overlapped grad reduce, bf16 via Float16Module) with the distributed optimizer; on the
 CPU a torch AdamW with :func:`~megatron_reflect.train.grads.finalize_grads_cpu`.  The
-choice is made once, from ``torch.cuda.is_available()``; everything else is one path.
+choice is made once, from :func:`~megatron_reflect.runtime.device.use_cuda`; everything
+else is one path.
 
 Per step the loop adds two small all-reduces (loss statistics) and a ``float()`` per
 logged value to the schedule's own work; ``benchmarks/bench_trainer.py`` measures that
@@ -36,7 +37,9 @@ from megatron_reflect.config import to_dict
 from megatron_reflect.errors import ConfigError
 from megatron_reflect.model.presets import ModelConfig
 from megatron_reflect.model.provider import build_gpt_model
+from megatron_reflect.runtime.device import use_cuda
 from megatron_reflect.runtime.distributed import Runtime, init_runtime, shutdown_runtime
+from megatron_reflect.runtime.faults import kill_point
 from megatron_reflect.train.checkpointing import (
     TrainState,
     latest_checkpoint,
@@ -90,10 +93,11 @@ def _model_config(cfg: TrainConfig, info: dict[str, Any]) -> ModelConfig:
 def _build_model_and_optimizer(cfg: TrainConfig, model_cfg: ModelConfig
                                ) -> tuple[list[torch.nn.Module], list[torch.nn.Module], Optimizer]:
     """(chunks for the schedule, the GPTModels inside them, the optimizer)."""
-    model = build_gpt_model(model_cfg, cfg.parallel, cfg.precision)
+    on_gpu = use_cuda()
+    model = build_gpt_model(model_cfg, cfg.parallel, cfg.precision, main_grads=on_gpu)
     config = model.config
     config.calculate_per_token_loss = True
-    if not torch.cuda.is_available():
+    if not on_gpu:
         from megatron_reflect.train.grads import finalize_grads_cpu
 
         config.finalize_model_grads_func = finalize_grads_cpu
@@ -149,13 +153,15 @@ def _evaluate(run: _Run, valid_ds: Any) -> dict[str, float]:
             reports += _schedule(run, data, forward_only=True)
     for chunk in run.chunks:
         chunk.train()
-    return reduce_reports(reports)
+    return reduce_reports(reports, run.rt.device)
 
 
 def _save(run: _Run, state: TrainState) -> Path:
     save_dir = run.cfg.checkpoint.save_dir or str(Path(run.cfg.run_dir) / "checkpoints")
+    ck = run.cfg.checkpoint
     return save_training_state(save_dir, run.modules, run.model_cfg, run.optimizer, state, run.rt,
-                               keep_last=run.cfg.checkpoint.keep_last, meta=run.meta)
+                               keep_last=ck.keep_last, meta=run.meta, save_optimizer=ck.save_optimizer,
+                               optimizer_reshardable=ck.optimizer_reshardable)
 
 
 def _restore(run: _Run) -> TrainState:
@@ -175,7 +181,7 @@ def _restore(run: _Run) -> TrainState:
 
 def _throughput(run: _Run, tokens: int, seconds: float) -> dict[str, float]:
     out = {"tokens_per_s": tokens / max(seconds, 1e-9)}
-    if torch.cuda.is_available():
+    if use_cuda():
         flops = run.model_cfg.flops_per_token(run.cfg.data.seq_length) * tokens / max(seconds, 1e-9)
         per_gpu = flops / run.rt.world_size
         out.update(tflops_per_gpu=per_gpu / 1e12, mfu=per_gpu / H100_BF16_PEAK_FLOPS)
@@ -205,10 +211,11 @@ def _train(cfg: TrainConfig, rt: Runtime, datasets: tuple[Any, Any] | None, info
     train_ds, valid_ds = datasets if datasets is not None else build_datasets(cfg.data, train_samples, valid_samples)
     dp_rank = parallel_state.get_data_parallel_rank()
     data = microbatches(train_ds, state.consumed_samples, train_samples, s.micro_batch_size, dp_rank, rt.dp_size,
-                        num_workers=cfg.data.num_workers, loader=cfg.data_loader,
-                        pin_memory=torch.cuda.is_available())
+                        num_workers=cfg.data.num_workers, loader=cfg.data_loader, pin_memory=use_cuda())
 
-    writer = MetricsWriter(run_dir, enabled=rt.is_main, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard)
+    # records of steps after the one this run starts from belong to a run that was killed
+    writer = MetricsWriter(run_dir, enabled=rt.is_main, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
+                           start_step=state.step)
     result = TrainResult(steps=state.step, losses=[], last_checkpoint=None, metrics_path=writer.path,
                          model_config=model_cfg)
     tokens_per_step = s.global_batch_size * cfg.data.seq_length
@@ -226,7 +233,7 @@ def _train(cfg: TrainConfig, rt: Runtime, datasets: tuple[Any, Any] | None, info
             _zero_grad(run)
             reports = _schedule(run, data, forward_only=False)
             norm = optimizer.step()
-            values = reduce_reports(reports)
+            values = reduce_reports(reports, rt.device)
             state.step += 1
             state.consumed_samples += s.global_batch_size
             interval_steps += 1
@@ -247,6 +254,7 @@ def _train(cfg: TrainConfig, rt: Runtime, datasets: tuple[Any, Any] | None, info
                 result.valid.append({"step": float(state.step), **valid})
                 if rt.is_main:
                     log.info("validation at step %d: loss %.4f", state.step, valid["loss"])
+            kill_point("train_step", state.step)  # crash-safety tests (runtime/faults.py); no-op otherwise
             exiting = s.exit_interval > 0 and state.step % s.exit_interval == 0 and state.step < s.train_steps
             if exiting or (cfg.checkpoint.save_interval > 0 and state.step % cfg.checkpoint.save_interval == 0):
                 result.last_checkpoint = _save(run, state)
@@ -262,8 +270,27 @@ def _train(cfg: TrainConfig, rt: Runtime, datasets: tuple[Any, Any] | None, info
         writer.close()
         if progress is not None:
             progress.close()
+        _release(run)
     result.steps = state.step
     return result
+
+
+def _release(run: _Run) -> None:
+    """Break the reference cycles through the model config, so the model's memory is freed.
+
+    ``config.no_sync_func`` / ``grad_sync_func`` are bound methods of the DDP wrapper, which
+    holds the model, which holds ``config``: without this, a 1.7B model and its optimizer
+    stay allocated after ``train`` returns until the garbage collector finds the cycle.
+    """
+    for module in run.modules:
+        config = getattr(module, "config", None)
+        if config is not None:
+            config.no_sync_func = None
+            config.grad_sync_func = None
+            config.param_sync_func = None
+            config.finalize_model_grads_func = None
+    run.chunks.clear()
+    run.modules.clear()
 
 
 def train(cfg: TrainConfig, *, datasets: tuple[Any, Any] | None = None,

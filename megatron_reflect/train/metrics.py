@@ -3,15 +3,21 @@
 The loss seam (train/step.py) returns ``[sum, count]`` pairs per microbatch on the last
 pipeline stage.  :func:`reduce_reports` sums them over microbatches, the pipeline group
 (other stages contribute zeros) and the data-parallel group, so every rank ends up with
-the global figures at the cost of two tiny all-reduces.  Rank 0 writes one JSON object
+the global figures at the cost of two tiny all-reduces.  The reduction runs on the
+groups' device (CUDA under NCCL, which has no CPU tensors) and only its result is moved
+to the host.  Rank 0 writes one JSON object
 per logged step to ``<run_dir>/metrics.jsonl`` (the file ``tools/plot_metrics.py``
 reads) and the same scalars to TensorBoard; TensorBoard is imported only when enabled.
+A run that resumes at step N first drops the records of steps after N (written by the
+run that was killed after its last checkpoint, and about to be written again), so the file
+holds each step once; TensorBoard hides them too (``purge_step``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +29,25 @@ from megatron_reflect.train.step import REPORT_KEYS
 H100_BF16_PEAK_FLOPS = 989e12  # dense BF16 tensor-core peak of an H100 SXM; the MFU denominator
 
 
-def reduce_reports(reports: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Sum ``[sum, count]`` pairs over microbatches and ranks; return means (NaN where count is 0)."""
+def reduce_reports(reports: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Sum ``[sum, count]`` pairs over microbatches and ranks; return means (NaN where count is 0).
+
+    ``device``: where the collectives run (the runtime's device: ``cuda`` with NCCL).
+    """
     from megatron.core import parallel_state
 
     if reports:
         total = torch.stack([torch.stack([r[key] for key in REPORT_KEYS]) for r in reports]).sum(0)
-        total = total.detach().to("cpu", torch.float64)
+        total = total.detach().to(device, torch.float64)
     else:  # a pipeline stage without the loss
-        total = torch.zeros(len(REPORT_KEYS), 2, dtype=torch.float64)
+        total = torch.zeros(len(REPORT_KEYS), 2, dtype=torch.float64, device=device)
     if dist.is_initialized():
         # Only the last stage has reports, and every TP rank of it holds the same values:
         # sum over PP, then over DP.
         for group in (parallel_state.get_pipeline_model_parallel_group(), parallel_state.get_data_parallel_group()):
             if group.size() > 1:
                 dist.all_reduce(total, group=group)
-    pairs = total.tolist()
+    pairs = total.cpu().tolist()
     return {key: (s / n if n > 0 else math.nan) for key, (s, n) in zip(REPORT_KEYS, pairs)}
 
 
@@ -63,7 +72,8 @@ def format_line(step: int, total_steps: int, values: dict[str, float]) -> str:
 class MetricsWriter:
     """metrics.jsonl + TensorBoard on rank 0; nothing on other ranks."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool, jsonl: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, enabled: bool, jsonl: bool = True, tensorboard: bool = True,
+                 start_step: int = 0) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self._file = None
@@ -72,11 +82,31 @@ class MetricsWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if jsonl:
+            self._drop_after(start_step)
             self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
+
+    def _drop_after(self, step: int) -> None:
+        """Rewrite metrics.jsonl without records of steps > ``step`` (atomically; a torn last line goes too)."""
+        if not self.path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                keep = json.loads(line)["step"] <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False  # the unfinished line of a killed writer
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
 
     def write(self, step: int, values: dict[str, float], split: str = "train") -> None:
         if not self.enabled:

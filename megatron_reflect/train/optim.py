@@ -10,7 +10,12 @@ Two optimizer paths behind one small interface (``step() -> grad norm``):
 
 The schedule is a pure function of the step (:func:`lr_at`), so resuming needs nothing
 but the step number, and the LR is written into the param groups before each step.
-Norms and biases get no weight decay on both paths.
+Norms and biases get no weight decay on both paths: the CPU groups say so directly
+(:func:`param_groups`); megatron's groups carry a ``wd_mult`` (0 for 1-D parameters and
+biases) that only its ``OptimizerParamScheduler`` turns into ``weight_decay``, so the GPU
+path writes ``weight_decay = optim.weight_decay x wd_mult`` into them with the LR
+(:func:`apply_group_hyperparameters`); left alone, every group would decay at the
+optimizer's default.
 """
 
 from __future__ import annotations
@@ -158,6 +163,17 @@ class TorchOptimizer:
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+def apply_group_hyperparameters(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> None:
+    """Write the step's LR and each group's weight decay into megatron-style param groups.
+
+    ``lr_mult`` / ``wd_mult`` are megatron's per-group multipliers (``get_megatron_optimizer``
+    sets ``wd_mult=0`` for norms and biases); groups without them (torch's) count as 1.
+    """
+    for group in groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
+
+
 class MegatronOptimizer:
     """GPU path: megatron's (distributed) optimizer; clipping and the norm come from it."""
 
@@ -170,13 +186,15 @@ class MegatronOptimizer:
                                  clip_grad=cfg.clip_grad, bf16=bf16, params_dtype=torch.bfloat16 if bf16
                                  else torch.float32, use_distributed_optimizer=distributed)
         self.inner = get_megatron_optimizer(config, model_chunks)
+        self.weight_decay = cfg.weight_decay
+        apply_group_hyperparameters(self.inner.param_groups, cfg.lr, cfg.weight_decay)
 
     def zero_grad(self) -> None:
         self.inner.zero_grad()
 
     def set_lr(self, lr: float) -> None:
-        for group in self.inner.param_groups:
-            group["lr"] = lr
+        # the weight decay too: loading an optimizer state replaces the groups' values
+        apply_group_hyperparameters(self.inner.param_groups, lr, self.weight_decay)
 
     def step(self) -> float:
         _, norm, _ = self.inner.step()
