@@ -297,3 +297,20 @@ def test_cli_reports_bad_input_and_verifies(tiny_tied: tuple[Path, Path], tmp_pa
     assert "greedy-token agreement = 100.00% of 16 positions" in printed
     diff = float(printed.split("max |logit diff| = ")[1].split(",")[0])
     assert diff <= TOLERANCE
+
+
+def test_export_with_a_tokenizer_that_is_not_a_description(tiny_tied: tuple[Path, Path], tmp_path: Path) -> None:
+    """What tools/gpu_check.py once recorded ({"vocab_size": V}) fails as a ConversionError, not a KeyError."""
+    import shutil
+
+    ckpt = Path(shutil.copytree(tiny_tied[1], tmp_path / "ckpt"))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    for bad, match in (({"vocab_size": 300}, r"meta.json: 'tokenizer' has no 'type' \(it has \['vocab_size'\]\)"),
+                       ("smollm2", r"'tokenizer' must be a tokenizer description \(a mapping\), not str"),
+                       ({"type": "hf", "vocab_size": 300, "model": str(tmp_path / "gone")},
+                        r"tokenizer for .*ckpt .*gone")):
+        meta["tokenizer"] = bad
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(ConversionError, match=match):
+            export_checkpoint(ckpt, tmp_path / "out")
+        _no_leftovers(tmp_path, "out")

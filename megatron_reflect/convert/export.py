@@ -10,8 +10,13 @@ layer with no process group and no model build, and safetensors shards are strea
 (headers computed from the planned shapes).  Measured on SmolLM2-135M: peak memory above
 the runtime is about twice the largest tensor (the embedding, read + decoded) plus
 transformers' tokenizer machinery (~0.3 GB), about 1.1x the fp32 model there and a smaller
-fraction for larger models; time is reading + writing the bytes once.  The directory is
-written under a temporary name and renamed when complete.
+fraction for larger models; time is reading + writing the bytes once.
+
+Crash safety: the directory is written under a hidden temporary name (``.<out>.tmp-<pid>``)
+and renamed when complete; inside it ``config.json`` (what makes a directory loadable by
+``from_pretrained``) is written last, after every weight shard, so a SIGKILL at any moment
+leaves nothing that loads as a model.  Leftovers of killed exports (their process gone)
+are removed by the next export to the same place.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from megatron_reflect.convert.mapping import (
     to_hf,
 )
 from megatron_reflect.convert.tensor_io import DistWeights, Planned, write_safetensors
-from megatron_reflect.errors import ConfigError, ConversionError
+from megatron_reflect.errors import ConfigError, ConversionError, ReflectError
 from megatron_reflect.model.presets import ModelConfig
 from megatron_reflect.reflection import DEFAULT_TEMPLATE, ReflectionTemplate, Verdict
+from megatron_reflect.runtime.faults import kill_point
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REFLECTION_FORMAT = "reflection_format.json"
@@ -79,9 +85,13 @@ def _check_dist(weights: DistWeights, cfg: ModelConfig, ckpt: Path) -> None:
 def _hf_tensors(weights: DistWeights, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
     from tqdm import tqdm
 
+    written = 0
     for rule in tqdm(rules(cfg), desc="export", unit="tensor", disable=None):
         tensor = weights.read(_dist_key(rule.dist), rule.layer)
-        yield from zip(rule.hf, to_hf(rule, tensor, cfg))
+        for item in zip(rule.hf, to_hf(rule, tensor, cfg)):
+            kill_point("export_tensor", written)  # crash-safety tests; the previous tensor is on disk
+            yield item
+            written += 1
 
 
 def reflection_template_from_meta(meta: dict[str, Any], where: str) -> ReflectionTemplate:
@@ -121,6 +131,24 @@ def read_reflection_format(hf_dir: str | Path) -> ReflectionTemplate:
         raise ConversionError(f"{path}: malformed reflection format ({exc})") from None
 
 
+def tokenizer_description(meta: dict[str, Any], ckpt: Path) -> dict[str, Any] | None:
+    """The checkpoint's tokenizer description, checked (what ``Tokenizer.describe()`` wrote), or None."""
+    desc = meta.get("tokenizer")
+    if desc is None:
+        return None
+    where = f"{ckpt / 'meta.json'}: 'tokenizer'"
+    if not isinstance(desc, dict):
+        raise ConversionError(f"{where} must be a tokenizer description (a mapping), not {type(desc).__name__}")
+    missing = [key for key in ("type", "vocab_size") if key not in desc]
+    if missing:
+        raise ConversionError(f"{where} has no {' or '.join(repr(k) for k in missing)} (it has {sorted(desc)}): "
+                              f"not a tokenizer description; pass --tokenizer-dir with the tokenizer to ship")
+    if not isinstance(desc["type"], str) or not isinstance(desc["vocab_size"], int):
+        raise ConversionError(f"{where}: 'type' must be a string and 'vocab_size' an integer, got "
+                              f"{desc['type']!r} and {desc['vocab_size']!r}")
+    return desc
+
+
 def _write_tokenizer(meta: dict[str, Any], tokenizer_dir: str | Path | None, out: Path, cfg: ModelConfig,
                      ckpt: Path) -> dict[str, int | None]:
     """Save the tokenizer into ``out``; return the token ids for the HF configs."""
@@ -128,7 +156,7 @@ def _write_tokenizer(meta: dict[str, Any], tokenizer_dir: str | Path | None, out
 
     from megatron_reflect.data.tokenizers import build_tokenizer, tokenizer_from_description
 
-    desc = meta.get("tokenizer")
+    desc = tokenizer_description(meta, ckpt) if tokenizer_dir is None else None
     try:
         if tokenizer_dir is not None:
             tok = build_tokenizer("hf", str(tokenizer_dir))
@@ -137,8 +165,10 @@ def _write_tokenizer(meta: dict[str, Any], tokenizer_dir: str | Path | None, out
         else:
             raise ConversionError(f"{ckpt / 'meta.json'}: no 'tokenizer' description; pass a tokenizer directory")
         tok.save_hf(out)
-    except ConfigError as exc:
-        raise ConversionError(f"tokenizer for {ckpt}: {exc}") from None
+    except ConversionError:
+        raise
+    except (ReflectError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConversionError(f"tokenizer for {ckpt} ({desc if desc else tokenizer_dir}): {exc}") from None
     if tok.vocab_size > cfg.vocab_size:
         raise ConversionError(f"tokenizer has {tok.vocab_size} tokens but the model in {ckpt} only "
                               f"{cfg.vocab_size}: wrong tokenizer")
@@ -148,6 +178,28 @@ def _write_tokenizer(meta: dict[str, Any], tokenizer_dir: str | Path | None, out
     hf = AutoTokenizer.from_pretrained(str(out))
     return {"bos_token_id": hf.bos_token_id, "eos_token_id": tok.eod_id,
             "pad_token_id": tok.pad_id if tok.pad_id is not None else tok.eod_id}
+
+
+def _tmp_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def _remove_dead_exports(out: Path) -> None:
+    """Remove the temporary directories of earlier exports to ``out`` whose process is gone."""
+    prefix = _tmp_prefix(out)
+    for p in out.parent.glob(f"{prefix}*"):
+        pid = p.name[len(prefix):]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            alive = int(pid) != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:  # someone else's live process
+            alive = True
+        if not alive:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
@@ -166,21 +218,22 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "f
     weights = DistWeights(ckpt / DIST)
     _check_dist(weights, cfg, ckpt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    _remove_dead_exports(out)
+    tmp = out.with_name(f"{_tmp_prefix(out)}{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         token_ids = _write_tokenizer(meta, tokenizer_dir, tmp, cfg, ckpt)
-        hf_config = hf_config_from_model_config(cfg, torch_dtype, token_ids)
-        hf_config.save_pretrained(str(tmp))
-        GenerationConfig(**token_ids).save_pretrained(str(tmp))
         source = "meta.json" if meta.get("reflection_template") is not None else "default"
         (tmp / REFLECTION_FORMAT).write_text(json.dumps(reflection_format(template, source), indent=2),
                                              encoding="utf-8")
         plan = [Planned(name, shape, torch_dtype)
                 for rule in rules(cfg) for name, shape in zip(rule.hf, hf_shapes(rule, cfg))]
         write_safetensors(tmp, plan, _hf_tensors(weights, cfg), max_shard_bytes)
+        # the configs last: before them the directory does not load as a model
+        GenerationConfig(**token_ids).save_pretrained(str(tmp))
+        hf_config_from_model_config(cfg, torch_dtype, token_ids).save_pretrained(str(tmp))
         os.replace(tmp, out)
     finally:
         if tmp.exists():

@@ -1,10 +1,16 @@
 """Parity checks: run a Megatron checkpoint and a Hugging Face directory on the same batch.
 
 A conversion is only trusted when both models give the same logits; this module computes
-them (Megatron on ``tp`` local gloo ranks, gathered over the vocabulary; Hugging Face in
-fp32 on this process) and compares: maximum absolute logit difference and greedy-token
+them (Megatron on ``tp`` local ranks, gathered over the vocabulary; Hugging Face in fp32 on
+this process's CPU) and compares: maximum absolute logit difference and greedy-token
 agreement.  Cost: one forward of each model on a small batch, plus loading both (the
 Megatron side runs in spawned processes so this process's state is untouched).
+
+Both sides compute in fp32 whatever the stored dtype (bf16 weights are exact in fp32).  On
+a GPU the Megatron side runs with TF32 off (``NVIDIA_TF32_OVERRIDE=0`` for cuBLAS and
+Transformer Engine, and torch's TF32 switches), so the comparison is fp32 against fp32;
+what remains is the summation order of GPU against CPU kernels, hence the looser default
+tolerance for that case (:data:`GPU_FP32_TOLERANCE`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,14 @@ from pathlib import Path
 import torch
 
 from megatron_reflect.errors import ConversionError
+from megatron_reflect.runtime.device import use_cuda
+
+GPU_FP32_TOLERANCE = 1e-3  # fp32 (TF32 off) GPU kernels against fp32 CPU kernels, 24+ layers
+
+
+def megatron_device() -> str:
+    """Where :func:`megatron_logits` runs the Megatron side: ``cuda`` (TF32 off) or ``cpu``."""
+    return "cuda" if use_cuda() else "cpu"
 
 
 class ParityError(ConversionError):
@@ -71,6 +85,9 @@ def _megatron_logits_rank(ckpt_dir: str, tokens: torch.Tensor, tp: int) -> torch
 
     parallel = ParallelConfig(tensor_model_parallel_size=tp)
     rt = init_runtime(parallel)
+    if rt.device.type == "cuda":  # fp32 means fp32 (NVIDIA_TF32_OVERRIDE=0 is set for cuBLAS / TE too)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     cfg = read_model_config(ckpt_dir)
     model = build_gpt_model(cfg, parallel, init_weights=False)  # weights come from the checkpoint
     load_model_weights(ckpt_dir, [model])
@@ -89,6 +106,14 @@ def megatron_logits(ckpt_dir: str | Path, tokens: torch.Tensor, tp: int = 1) -> 
     """Logits of the checkpoint's GPTModel run at tensor-parallel size ``tp`` (any saved layout)."""
     from megatron_reflect.runtime.launch import run_distributed
 
-    results = run_distributed(_megatron_logits_rank, tp, str(ckpt_dir), tokens, tp,
-                              threads_per_rank=max(1, (os.cpu_count() or 1) // tp))
+    previous = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    os.environ["NVIDIA_TF32_OVERRIDE"] = "0"  # read by cuBLAS in the spawned ranks: no TF32 GEMMs
+    try:
+        results = run_distributed(_megatron_logits_rank, tp, str(ckpt_dir), tokens, tp,
+                                  threads_per_rank=max(1, (os.cpu_count() or 1) // tp))
+    finally:
+        if previous is None:
+            os.environ.pop("NVIDIA_TF32_OVERRIDE")
+        else:
+            os.environ["NVIDIA_TF32_OVERRIDE"] = previous
     return results[0]
