@@ -1,25 +1,45 @@
 #!/usr/bin/env bash
-# SmolLM2-1.7B from scratch on FineWeb-Edu with safety reflections (SRP), on H100 nodes, with torchrun.
+# SmolLM2-1.7B from scratch on FineWeb-Edu with safety reflections (SRP), on H100/H200 nodes, with torchrun,
+# inside the image the Dockerfile builds (docker build -t megatron_reflect .):
+#   docker run --gpus all --ipc=host --ulimit memlock=-1 -v /data:/data -it megatron_reflect \
+#       examples/pretrain_smollm2_1p7b_fineweb_edu.sh [preprocess]
 #
-# Data (once, CPU nodes are fine; see tools/preprocess_data.py --help):
-#   python tools/label_corpus.py   --input '/data/fineweb-edu/*.parquet' --labels-dir /data/fwe_labels ...
-#   python tools/preprocess_data.py --input '/data/fineweb-edu/*.parquet' --output-prefix /data/fwe/reflect \
-#          --labels-dir /data/fwe_labels --workers 64          # SmolLM2 tokenizer (49,152) by default
-#
-# One node:   examples/pretrain_smollm2_1p7b_fineweb_edu.sh
-# Multi-node: on every node, NNODES=8 NODE_RANK=<0..7> MASTER_ADDR=<node 0> examples/pretrain_...sh
-#             (or sbatch examples/pretrain_smollm2_1p7b_fineweb_edu.sbatch)
-# Extra arguments are config overrides, e.g. schedule.train_steps=1000 precision.fp8=none
-# Rerunning the same command resumes from the newest checkpoint in $RUN_DIR/checkpoints.
+# 1. Data, once (CPU nodes are fine; labels can also be stored first with tools/label_corpus.py and reused
+#    with LABELS_DIR=...):
+#      FWE_INPUT='/data/fineweb-edu/*.parquet' examples/pretrain_smollm2_1p7b_fineweb_edu.sh preprocess
+#    runs tools/preprocess_data.py (packaged SmolLM2 tokenizer, 49,152 tokens; reflect mode) into $DATA_PREFIX.
+# 2. Training:
+#      One node:   examples/pretrain_smollm2_1p7b_fineweb_edu.sh
+#      Multi-node: on every node, NNODES=8 NODE_RANK=<0..7> MASTER_ADDR=<node 0> examples/pretrain_...sh
+#                  (or sbatch examples/pretrain_smollm2_1p7b_fineweb_edu.sbatch)
+#    Extra arguments are config overrides, e.g. schedule.train_steps=1000 precision.fp8=none
+#    Rerunning the same command resumes from the newest complete checkpoint in $RUN_DIR/checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+DATA_PREFIX=${DATA_PREFIX:-/data/fwe/reflect}
+
+if [ "${1:-}" = "preprocess" ]; then
+    shift
+    : "${FWE_INPUT:?set FWE_INPUT to the FineWeb-Edu files (jsonl/parquet glob)}"
+    LABEL_ARGS=()
+    [ -n "${LABELS_DIR:-}" ] && LABEL_ARGS=(--labels-dir "$LABELS_DIR")
+    exec "$PY" tools/preprocess_data.py --input "$FWE_INPUT" --output-prefix "$DATA_PREFIX" --mode reflect \
+        --workers "${WORKERS:-$(nproc)}" --resume "${LABEL_ARGS[@]}" "$@"
+fi
+
+if [ ! -f "${DATA_PREFIX}_stats.json" ]; then
+    echo "no dataset at DATA_PREFIX=$DATA_PREFIX (${DATA_PREFIX}_stats.json missing): run" \
+         "'FWE_INPUT=... $0 preprocess' first (tools/preprocess_data.py)" >&2
+    exit 2
+fi
 
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-DATA_PREFIX=${DATA_PREFIX:-/data/fwe/reflect}
 RUN_DIR=${RUN_DIR:-runs/smollm2-1.7b-srp}
 TP=${TP:-1}   # 1.7B fits one H100 with the distributed optimizer; TP=2 for longer sequences
 PP=${PP:-1}
@@ -27,9 +47,9 @@ FP8=${FP8:-tensorwise}   # tensorwise current scaling (H100 default) | delayed |
 
 export CUDA_DEVICE_MAX_CONNECTIONS=1   # lets megatron overlap TP communication with compute
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-export HF_HUB_OFFLINE=1
+export HF_HUB_OFFLINE=1 MEGATRON_REFLECT_DEVICE=cuda
 
-exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE" \
+exec "$PY" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
     tools/train.py --recipe smollm2-1.7b \
     run_dir="$RUN_DIR" data.blend="[$DATA_PREFIX]" \

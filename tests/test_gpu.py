@@ -1,4 +1,6 @@
-"""GPU-only checks (skipped without CUDA): Transformer Engine layers, bf16 and FP8 steps.
+"""GPU checks: Transformer Engine layers, bf16 and FP8 steps (marked ``gpu``, skipped without CUDA),
+and the parts of tools/gpu_check.py that a CPU can check (argument handling, row failure logic, the
+table, the configs of its runs, the fallback preset, its tokenizer description).
 
 The same model code runs on CPU in the rest of the suite; here the TE layer spec and FP8
 (tensorwise current scaling, as on H100) must give a sane loss that trains.  The longer
@@ -17,7 +19,6 @@ from megatron_reflect.model import PrecisionConfig, build_gpt_model, get_preset
 from megatron_reflect.runtime import ParallelConfig
 from megatron_reflect.runtime.launch import run_distributed
 
-pytestmark = pytest.mark.gpu
 
 
 def _losses(fp8: str, steps: int) -> list[float]:
@@ -43,6 +44,7 @@ def _losses(fp8: str, steps: int) -> list[float]:
     return out
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("fp8", ["none", "tensorwise"])
 def test_te_layers_train_in_bf16_and_fp8(fp8: str) -> None:
     if not torch.cuda.is_available():
@@ -53,3 +55,64 @@ def test_te_layers_train_in_bf16_and_fp8(fp8: str) -> None:
     assert losses[0] == pytest.approx(math.log(padded), abs=0.3)
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0] - 1.0, losses
+
+
+def _gpu_check():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "gpu_check" not in sys.modules:  # registered first: its dataclasses look their module up
+        spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "tools" / "gpu_check.py")
+        sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["gpu_check"])
+    return sys.modules["gpu_check"]
+
+
+def test_gpu_check_fails_on_any_failed_or_skipped_row() -> None:
+    gc = _gpu_check()
+    ok = [gc.Row("device", "ok", "H100 x1"), gc.Row("smollm2-1.7b bf16", "ok", "1 tok/s")]
+    assert gc.exit_code(ok) == 0
+    assert gc.exit_code(ok + [gc.Row("export parity (bf16 -> HF)", "SKIPPED", "no bf16 checkpoint")]) == 1
+    assert gc.exit_code(ok + [gc.Row("smollm2-1.7b fp8-tensorwise", "FAILED", "out of memory")]) == 1
+    assert gc.exit_code([]) == 1
+    table = gc.render(ok + [gc.Row("export parity (bf16 -> HF)", "SKIPPED", "no bf16 checkpoint")]).splitlines()
+    assert table[0] == "device                     | ok      | H100 x1"
+    assert table[2] == "export parity (bf16 -> HF) | SKIPPED | no bf16 checkpoint"
+    assert gc.is_oom(torch.OutOfMemoryError("CUDA out of memory")) and gc.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not gc.is_oom(ValueError("shape mismatch"))
+
+
+def test_gpu_check_configs_and_fallback(tmp_path) -> None:
+    from megatron_reflect.model import get_preset
+
+    gc = _gpu_check()
+    for steps, interval in ((1, 1), (2, 1), (30, 15)):  # --steps 1 used to divide by zero
+        cfg = gc.throughput_config("smollm2-1.7b", "none", steps, 2048, 2, 1, tmp_path, save=True)
+        cfg.validate(1)
+        assert cfg.logging.log_interval == interval and cfg.schedule.train_steps == steps
+        assert cfg.checkpoint.save_at_end and not cfg.checkpoint.save_optimizer  # weights only for the export
+        assert cfg.schedule.global_batch_size == 4 and cfg.precision.dtype == "bf16" and cfg.precision.fusions
+    off = gc.throughput_config("smollm2-1.7b", "tensorwise", 30, 2048, 2, 1, tmp_path, fusions=False)
+    assert off.precision.fp8 == "tensorwise" and not off.precision.fusions and not off.checkpoint.save_at_end
+    # "really smaller": at most half the parameters (llama-1.7b-gqa is 1.66 B, not a fallback for 1.71 B)
+    assert gc.fallback_preset("smollm2-1.7b") == "smollm2-135m"
+    assert get_preset("smollm2-135m").num_parameters() * 2 <= get_preset("smollm2-1.7b").num_parameters()
+    assert gc.fallback_preset("tiny") is None
+    assert gc.peak_flops("NVIDIA H200")[0] == gc.peak_flops("NVIDIA H100 80GB HBM3")[0] == 989e12
+    assert gc.peak_flops("NVIDIA A100-SXM4-80GB")[0] == 312e12
+    if not torch.cuda.is_available():
+        assert gc.main(["--steps", "1"]) == 2  # no GPU: a clear exit, not a traceback
+    with pytest.raises(SystemExit):
+        gc.main(["--steps", "0"])
+
+
+def test_gpu_check_ships_a_real_tokenizer_description() -> None:
+    """The description export needs (gpu_check once passed only a vocab size, and export raised KeyError)."""
+    from pathlib import Path
+
+    from megatron_reflect.convert.export import tokenizer_description
+
+    info = _gpu_check().tokenizer_info()
+    desc = tokenizer_description(info, Path("meta.json"))
+    assert desc["type"] == "hf" and desc["vocab_size"] == 49152 and desc["eod_id"] == 0

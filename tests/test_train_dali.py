@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("nvidia.dali", reason="the dali extra (nvidia-dali-cuda120) is not installed")
+pytest.importorskip("nvidia.dali", reason="the dali extra (nvidia-dali-cuda130) is not installed")
 
 from train_corpus import make_dataset  # noqa: E402
 

@@ -9,7 +9,10 @@ The config is a recipe (--recipe), then a YAML file over it (--config), then dot
 overrides (section.field=value).  --dry-run prints the resolved config, the parameter
 count and the training FLOPs per token, and exits without touching a GPU or the data.
 A run directory holds config.yaml, metrics.jsonl, tensorboard/ and checkpoints/; rerunning
-the same command resumes from its newest checkpoint.
+the same command resumes from its newest complete checkpoint, also after a hard kill
+(SIGKILL, preemption, OOM killer): a checkpoint is complete only once fully written, and the
+metrics of steps after it are dropped and written again.  On a GPU host
+MEGATRON_REFLECT_DEVICE=cpu runs the CPU path (gloo, torch AdamW) instead.
 """
 
 from __future__ import annotations
