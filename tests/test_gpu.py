@@ -116,3 +116,25 @@ def test_gpu_check_ships_a_real_tokenizer_description() -> None:
     info = _gpu_check().tokenizer_info()
     desc = tokenizer_description(info, Path("meta.json"))
     assert desc["type"] == "hf" and desc["vocab_size"] == 49152 and desc["eod_id"] == 0
+
+
+def test_gpu_check_run_and_export_rows_on_the_cpu(tmp_path) -> None:
+    """The plumbing of a throughput run and the export row, with a tiny fp32 model on the CPU."""
+    import dataclasses
+    import json
+
+    from megatron_reflect.model import PrecisionConfig
+
+    gc = _gpu_check()
+    info = gc.tokenizer_info()
+    cfg = gc.throughput_config("tiny", "none", 2, 32, 2, 1, tmp_path / "run", save=True)
+    cfg = dataclasses.replace(cfg, precision=PrecisionConfig(), data=dataclasses.replace(cfg.data, num_workers=0))
+    r = gc.throughput(cfg, 49152, info, peak=1e12)
+    assert r["tokens_per_s_per_gpu"] > 0 and r["mfu"] == pytest.approx(r["tflops"] * 1e12 / 1e12)
+    assert r["loss"] == pytest.approx(math.log(49152), abs=0.5)  # random tokens over the SmolLM2 vocabulary
+    meta = json.loads((r["checkpoint"] / "meta.json").read_text())
+    assert meta["optimizer"] is None and meta["tokenizer"] == info["tokenizer"]  # weights only, a real tokenizer
+    row = gc.export_parity(r["checkpoint"], tmp_path / "hf", dtype="float32")
+    assert row.status == "ok", row
+    assert row.detail.startswith("verify: max |logit diff| = ") and "(exit 0)" in row.detail
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()

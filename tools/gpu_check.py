@@ -37,6 +37,7 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -187,10 +188,11 @@ def describe_run(r: dict[str, Any], seq: int, mbs: int) -> str:
             f"(seq {seq}, mbs {mbs}, final loss {r['loss']:.3f}, {r['wall_s']:.0f} s)")
 
 
-def export_parity(ckpt: Path, out: Path) -> Row:
+def export_parity(ckpt: Path, out: Path, dtype: str = "bfloat16") -> Row:
+    """Export ``ckpt`` with the CLI and verify it (bf16: an exact copy of a bf16 run's weights)."""
     cmd = [sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"), "export", str(ckpt), str(out),
-           "--dtype", "bfloat16", "--verify", "--tolerance", str(EXPORT_TOLERANCE)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MEGATRON_REFLECT_DEVICE="cuda"))
+           "--dtype", dtype, "--verify", "--tolerance", str(EXPORT_TOLERANCE)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     verify = [line for line in lines if line.startswith(("verify:", "error:"))]
     detail = (verify[-1] if verify else " / ".join(lines[-3:])) + f" (exit {proc.returncode})"
@@ -233,7 +235,7 @@ def dp2_smoke(tmp: Path, timeout_s: int = 600) -> Row:
     steps += [torchrun + common + [f"run_dir={tmp / 'straight'}"],
               torchrun + common + [f"run_dir={tmp / 'resumed'}", "schedule.exit_interval=2"],
               torchrun + common + [f"run_dir={tmp / 'resumed'}"]]
-    env = dict(os.environ, MEGATRON_REFLECT_DEVICE="cuda", OMP_NUM_THREADS="4")
+    env = dict(os.environ, OMP_NUM_THREADS="4")
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
         if proc.returncode != 0:
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="training steps per throughput run (>= 1)")
     parser.add_argument("--seq", type=int, default=2048, help="sequence length")
     parser.add_argument("--micro-batch", type=int, default=2, help="micro batch size (2 microbatches per step)")
-    parser.add_argument("--work-dir", default=None, help="keep checkpoints and logs here (default: a temporary dir)")
+    parser.add_argument("--work-dir", default=None, help="keep checkpoints, export and logs here (default: a "
+                        "temporary directory, removed when every check passed)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -336,8 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         note = "\n(one GPU: the torchrun DP=2 save + resume check needs two and was not part of this run)"
     print("\n" + render(rows) + note)
-    print(f"\nwork directory: {work}")
-    return exit_code(rows)
+    code = exit_code(rows)
+    if code == 0 and not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)  # checkpoints and the export: several GB
+    else:
+        print(f"\nwork directory (checkpoints, export, logs): {work}")
+    return code
 
 
 if __name__ == "__main__":
