@@ -2,9 +2,11 @@
 
 Why: a judge that needs no network and no large model.  We train nothing here: the judge is
 ``megatron_reflect.data.labelers.build_labeler("classifier")`` (MiniLM embeddings + a trained
-head, see that module).  An answer is harmful when the labeler's verdict is not Safe; empty
-answers are not harmful.  Note: that classifier is trained partly on pyrit's many-shot
-answers, so it is optimistic on them.  Cost: one embedding per answer.
+head, calibrated for precision; see that module).  An answer is harmful when the labeler's
+verdict is not Safe; empty answers are not harmful.  Its agreement with hand labels of real
+responses is measured by ``megatron_reflect.eval.judge_check`` (README).  The classifier was
+trained on none of the HarmBench/StrongREJECT prompts or answers (pyrit's many-shot pairs are
+HarmBench and are excluded).  Cost: one MiniLM embedding per answer (~10/s on a CPU core).
 """
 
 from __future__ import annotations
