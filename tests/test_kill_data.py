@@ -50,14 +50,18 @@ def run_until(cmd: list[str], marker, env: dict, log: Path, timeout: float = 120
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + timeout
-    while not marker(proc):
-        if proc.poll() is not None:
-            raise AssertionError(f"{cmd[1]} ended (rc {proc.returncode}) before the kill point: "
-                                 f"{log.read_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{cmd[1]} did not reach the kill point in {timeout} s")
-        time.sleep(0.05)
+    try:
+        while not marker(proc):
+            if proc.poll() is not None:
+                raise AssertionError(f"{cmd[1]} ended (rc {proc.returncode}) before the kill point: "
+                                     f"{log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{cmd[1]} did not reach the kill point in {timeout} s")
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 

@@ -249,7 +249,24 @@ class Worker:
 _WORKER_SLOT: list[Worker] = []
 
 
-def _pool_init(cfg: PreprocessConfig, tokenizer: Tokenizer) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: a worker is killed when the job process dies (even by SIGKILL) instead of finishing
+    its queued batches for nobody."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
+def _pool_init(cfg: PreprocessConfig, tokenizer: Tokenizer, parent: int) -> None:
+    _die_with_parent(parent)
     _WORKER_SLOT.append(Worker(cfg, tokenizer))
 
 
@@ -459,7 +476,8 @@ def _engine(cfg: PreprocessConfig, tokenizer: Tokenizer, stack: list) -> Callabl
         # fork: workers inherit the imported modules instead of paying the imports each;
         # nothing has run on threads yet in this process.
         method = "fork" if sys.platform == "linux" else "spawn"
-        pool = mp.get_context(method).Pool(cfg.workers, initializer=_pool_init, initargs=(cfg, tokenizer))
+        pool = mp.get_context(method).Pool(cfg.workers, initializer=_pool_init,
+                                             initargs=(cfg, tokenizer, os.getpid()))
         stack.append(pool.terminate)
         return lambda batches: _bounded(lambda items: pool.apply_async(_pool_process, (items,)).get, batches,
                                         4 * cfg.workers)
