@@ -1,66 +1,135 @@
-"""Sizing `make demo`: the project trainer's step time on the MedSafetyWorld model, raw vs reflect.
+"""Sizing `make demo`: what one MedSafetyWorld model costs with the project's trainer.
 
-Builds the default world's raw and reflect datasets (through the pipeline), runs the world
-model (4 layers, d=128) for ``--steps`` steps of 32 x 128 tokens on each with the real trainer,
-one thread, and prints seconds per step, tokens/s, the reflect/raw step-time ratio (identical
-budgets: it should be ~1.0) and the projected pretraining wall time of the default demo
-(4 variants x 3 seeds x 360 steps, two single-thread jobs at a time).
+Builds a world's filter and reflect datasets (through the pipeline), then per model shape
+runs the project trainer (megatron-core GPTModel, one thread) for two step counts on the
+reflect data and takes the difference (start-up excluded), next to a plain-PyTorch model of
+the same shape (RMSNorm, fused SDPA attention, SwiGLU, tied embeddings) trained in this
+process on random tokens: the ratio is the trainer's overhead per token.  All times are
+process CPU seconds (less sensitive than wall time to other jobs on a shared machine; the
+load average is printed).  Then the per-model fixed costs (export, evaluation, SFT) of one
+real job, and the projected demo time for the frozen configuration.
 
-    python benchmarks/bench_world_budget.py --steps 40
+    python benchmarks/bench_world_budget.py                      # shapes 2x64, 3x96, 4x128
+    python benchmarks/bench_world_budget.py --shapes 2x64 --batch 32,64,128
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def _time_variant(cfg, variant: str, steps: int) -> float:
-    """Seconds per step over the last ``steps // 2`` steps (warm), from the trainer's own log."""
-    from megatron_reflect.world.experiment import _train_config
+
+def plain_torch_tokens_per_s(model_cfg, batch: int, seq: int, steps: int = 20) -> float:
+    """Tokens per CPU second of a plain-PyTorch model of the same shape (the baseline)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    h, f, nh, v = model_cfg.hidden_size, model_cfg.ffn_hidden_size, model_cfg.num_attention_heads, 640
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n1, self.n2 = nn.RMSNorm(h), nn.RMSNorm(h)
+            self.qkv, self.o = nn.Linear(h, 3 * h, bias=False), nn.Linear(h, h, bias=False)
+            self.gu, self.d = nn.Linear(h, 2 * f, bias=False), nn.Linear(f, h, bias=False)
+
+        def forward(self, x):
+            b, s, _ = x.shape
+            q, k, w = self.qkv(self.n1(x)).view(b, s, 3, nh, h // nh).permute(2, 0, 3, 1, 4)
+            x = x + self.o(F.scaled_dot_product_attention(q, k, w, is_causal=True).transpose(1, 2).reshape(b, s, h))
+            g, u = self.gu(self.n2(x)).chunk(2, -1)
+            return x + self.d(F.silu(g) * u)
+
+    emb = nn.Embedding(v, h)
+    blocks = nn.ModuleList([Block() for _ in range(model_cfg.num_layers)])
+    norm = nn.RMSNorm(h)
+    params = list(emb.parameters()) + list(blocks.parameters()) + list(norm.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    x = torch.randint(v, (batch, seq + 1))
+    for i in range(steps + 3):
+        if i == 3:
+            c0 = time.process_time()
+        z = emb(x[:, :-1])
+        for blk in blocks:
+            z = blk(z)
+        loss = F.cross_entropy((norm(z) @ emb.weight.T).reshape(-1, v), x[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * batch * seq / (time.process_time() - c0)
+
+
+def trainer_tokens_per_s(cfg, steps: int) -> float:
+    """Tokens per CPU second of the project trainer on the reflect data (difference of two runs)."""
     from megatron_reflect.train.loop import train
+    from megatron_reflect.world.experiment import train_config
 
-    tcfg = _train_config(cfg, 0, variant)
-    tcfg = dataclasses.replace(tcfg, checkpoint=dataclasses.replace(tcfg.checkpoint, save_at_end=False,
-                                                                    save_interval=0),
-                               logging=dataclasses.replace(tcfg.logging, log_interval=max(1, steps // 2)))
-    train(tcfg)
-    last = json.loads((Path(tcfg.run_dir) / "metrics.jsonl").read_text().splitlines()[-1])
-    return cfg.pretrain.batch_size * cfg.pretrain.seq_length / last["tokens_per_s"]
+    def run(n: int, tag: str) -> float:
+        tcfg = train_config(dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, train_steps=n,
+                                                                                    warmup_steps=1)), 0, "reflect")
+        tcfg = dataclasses.replace(tcfg, run_dir=str(Path(cfg.out_dir) / f"run-{tag}-{n}"),
+                                   checkpoint=dataclasses.replace(tcfg.checkpoint, save_at_end=False, save_interval=0,
+                                                                  resume=False, save_dir=None),
+                                   logging=dataclasses.replace(tcfg.logging, log_interval=n))
+        c0 = time.process_time()
+        train(tcfg)
+        return time.process_time() - c0
+
+    tag = f"{cfg.model.num_layers}x{cfg.model.hidden_size}-{cfg.pretrain.batch_size}"
+    short, long = run(steps // 4, tag), run(steps, tag)
+    return (steps - steps // 4) * cfg.pretrain.batch_size * cfg.pretrain.seq_length / (long - short)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
-    args = parser.parse_args()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="2x64,3x96,4x128")
+    p.add_argument("--batch", default="64", help="micro-batch sizes (sequences of 128 tokens)")
+    p.add_argument("--steps", type=int, default=40)
+    a = p.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    from megatron_reflect.world.experiment import ExperimentConfig, build_data
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from demo import FROZEN, load_frozen
 
+    from megatron_reflect.world.experiment import build_data, run_job, world_model
+
+    frozen = load_frozen(FROZEN)
+    print(f"load average at start: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
-        base = ExperimentConfig(out_dir=tmp, seeds=(0,), variants=("raw", "reflect"))
-        cfg = dataclasses.replace(base, pretrain=dataclasses.replace(base.pretrain, train_steps=args.steps,
-                                                                     warmup_steps=2))
-        t0 = time.time()
-        build_data(cfg, 0)
-        data_s = time.time() - t0
-        raw = _time_variant(cfg, "raw", args.steps)
-        refl = _time_variant(cfg, "reflect", args.steps)
-    demo = ExperimentConfig()
-    tokens = demo.pretrain.batch_size * demo.pretrain.seq_length
-    jobs = len(demo.variants) * len(demo.seeds)
-    projected = jobs / demo.jobs * demo.pretrain.train_steps * (raw + refl) / 2
-    print(f"data (world + 2 variants): {data_s:.1f} s")
-    print(f"raw:     {raw:.3f} s/step, {tokens / raw:,.0f} tokens/s (one thread)")
-    print(f"reflect: {refl:.3f} s/step, {tokens / refl:,.0f} tokens/s")
-    print(f"ratio reflect/raw step time: {refl / raw:.3f}")
-    print(f"projected demo pretraining: {jobs} models x {demo.pretrain.train_steps} steps, {demo.jobs} at a time "
-          f"= {projected / 60:.1f} min (plus ~1-2 min per model for start-up, export, SFT and evaluation)")
+        base = dataclasses.replace(frozen, out_dir=tmp, seeds=(0,), variants=("filter", "reflect"))
+        c0 = time.process_time()
+        build_data(base, 0)
+        print(f"data (world + 2 variants): {time.process_time() - c0:.1f} CPU s")
+        for shape in a.shapes.split(","):
+            layers, width = (int(x) for x in shape.split("x"))
+            for b in (int(x) for x in a.batch.split(",")):
+                cfg = dataclasses.replace(base, model=world_model(layers, width),
+                                          pretrain=dataclasses.replace(base.pretrain, batch_size=b))
+                ours = trainer_tokens_per_s(cfg, a.steps)
+                plain = plain_torch_tokens_per_s(cfg.model, b, cfg.pretrain.seq_length)
+                print(f"{shape} batch {b}x{cfg.pretrain.seq_length}: trainer {ours:,.0f} tokens/CPU-s, plain torch "
+                      f"{plain:,.0f}; ratio trainer/plain {ours / plain:.2f}")
+        # the fixed costs of one job at the frozen size, with a short pretraining
+        short = dataclasses.replace(base, pretrain=dataclasses.replace(base.pretrain, train_steps=20, warmup_steps=2))
+        r = run_job(short, 0, "reflect", log=lambda _: None)
+        print("per-model fixed costs (CPU s):", {k: v for k, v in r["timing"].items()})
+        tps = trainer_tokens_per_s(dataclasses.replace(base, out_dir=tmp), a.steps)
+    fixed = sum(r["timing"].values())
+    models = len(frozen.seeds) * len(frozen.variants)
+    per_model = frozen.pretrain.tokens / tps + fixed
+    print(f"frozen demo: {models} models x ({frozen.pretrain.tokens / 1e6:.2f} M tokens / {tps:,.0f} tokens/s + "
+          f"{fixed:.0f} s) / {frozen.jobs} workers = {models * per_model / frozen.jobs / 60:.1f} min, plus data "
+          f"(~{len(frozen.seeds)} x 5 s / {frozen.jobs}) and worker start-up")
+    print(f"load average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,51 @@ def test_incomplete_dataset_is_refused(tmp_path):
     (tmp_path / "x_stats.json").unlink()
     with pytest.raises(DataError, match="x_stats.json"):
         build_reflect_datasets(DataConfig(blend=[str(p)], split="100,0,0"), (4, 0, 0))
+
+
+def write_segmented(prefix, n_docs: int, seed: int) -> None:
+    """Documents of 1-3 segments; each segment is text then a 4-token reflection whose first token
+    carries the verdict flag.  Reflection tokens are ids 4000-4003, text ids below 4000."""
+    rng = np.random.default_rng(seed)
+    writer = PairedWriter(prefix, VOCAB)
+    for _ in range(n_docs):
+        tokens, meta = [], []
+        for _ in range(int(rng.integers(1, 4))):
+            body = rng.integers(0, 4000, size=int(rng.integers(5, 40))).tolist()
+            kind = int(rng.integers(1, 3))
+            tokens += body + [4000, 4001, 4002, 4003]
+            meta += [0] * len(body) + [kind | VERDICT_FLAG, kind, kind, kind]
+        writer.add(np.array(tokens + [EOD]), np.array(meta + [0], dtype=np.uint8))
+    writer.finalize({"tokenizer": {"type": "synthetic", "model": None, "vocab_size": VOCAB, "eod_id": EOD,
+                                   "pad_id": None}, "documents": n_docs, "tokens": 0})
+
+
+def test_mask_cut_reflections_leaves_no_verdict_without_its_segment(tmp_path):
+    from megatron_reflect.data.dataset import unanchored_verdicts
+
+    p = tmp_path / "seg"
+    write_segmented(p, 400, seed=4)
+    built = {}
+    for mask in (False, True):
+        cfg = DataConfig(blend=[str(p)], split="100,0,0", seq_length=48, cache_dir=str(tmp_path / "c"),
+                         mask_cut_reflections=mask)
+        built[mask] = build_reflect_datasets(cfg, (600, 0, 0))[0]
+    plain, masked = built[False], built[True]
+    unanchored = unanchored_verdicts(plain, range(len(plain)))
+    assert unanchored > 50  # packing does cut segments
+    assert unanchored_verdicts(masked, range(len(masked))) == 0
+    cut = dropped_verdicts = 0
+    for i in range(len(plain)):
+        a, b = plain[i], masked[i]
+        assert np.array_equal(a["tokens"].numpy(), b["tokens"].numpy())
+        dropped = (a["loss_mask"].numpy() > 0) & (b["loss_mask"].numpy() == 0)
+        assert (b["loss_mask"].numpy() <= a["loss_mask"].numpy()).all()
+        # only reflection tokens lose their loss, and only in the sample's first document part
+        assert (b["reflection_meta"].numpy()[dropped] & 0x03 != 0).all()
+        dropped_verdicts += int((b["reflection_meta"].numpy()[dropped] & VERDICT_FLAG != 0).sum())
+        if dropped.any():
+            first_eod = np.flatnonzero(a["tokens"].numpy() == EOD)
+            assert not len(first_eod) or np.flatnonzero(dropped).max() < first_eod[0]
+            cut += 1
+    assert cut > 50
+    assert dropped_verdicts == unanchored  # exactly the unanchored verdicts lost their loss, no others

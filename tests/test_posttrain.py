@@ -83,3 +83,23 @@ def test_monitor_cuts_sft_model_exactly_after_unsafe(sft_model):
     for w, f in zip(watched, free):
         if not w.stopped_by_monitor:
             assert w.token_ids == f.token_ids
+
+
+def test_untrained_spans_mask_exactly_their_tokens():
+    from megatron_reflect.eval.models import load_tokenizer
+    from megatron_reflect.posttrain.sft import ChatExample
+
+    tok = load_tokenizer(smollm2_hf_dir())
+    target = " Paris. <think> Safe </think> Done."
+    a = target.index("Safe")
+    ex = ChatExample("Capital of France?", target, untrained=((a, a + 4),))
+    ids, labels = tokenize_example(tok, ex, 256)
+    plain_ids, plain_labels = tokenize_example(tok, ChatExample("Capital of France?", target), 256)
+    assert ids == plain_ids  # the mask changes the loss, never the tokens
+    n_prompt = plain_labels.count(-100)
+    enc = tok(target, add_special_tokens=False, return_offsets_mapping=True)
+    masked = [n_prompt + i for i, (s, e) in enumerate(enc.offset_mapping) if s < a + 4 and a < e]
+    assert masked and tok.decode([ids[i] for i in masked]).strip() == "Safe"
+    assert [i for i, y in enumerate(labels) if y == -100] == list(range(n_prompt)) + masked
+    with pytest.raises(ValueError, match="outside the target"):
+        tokenize_example(tok, ChatExample("q", "abc", untrained=((1, 9),)), 256)

@@ -1,11 +1,17 @@
-"""`make demo`: the MedSafetyWorld comparison of raw / filter / rewrite / reflect pretraining.
+"""`make demo`: MedSafetyWorld v2, the pre-registered comparison of filter / rewrite / reflect
+(and the reflect_perm control) on fresh test seeds.
 
-For 3 seeds: generate the world, build the four corpus variants through the data pipeline,
-pretrain one ~0.9M-parameter model per variant with the project's trainer (identical steps and
-tokens), export it to Hugging Face, finetune all on the same safe Q/A set, and evaluate each
-exactly (trap queries, attacks, reflection probe).  Two single-thread jobs run at a time; at
-default size the whole run takes about 30 minutes on a 2-core CPU.  Re-running skips every
-finished stage.  Results: results/medsafetyworld/{summary.json,table.md,plot.png}.
+For each test seed: generate the world, build the corpus variants through the data pipeline,
+pretrain one small model per variant with the project's trainer (identical steps and tokens),
+export it to Hugging Face, evaluate it, finetune all on the same safe set, and evaluate again
+by log-probabilities (greedy and sampled generation through the reflection monitor on a
+subsample as cross-checks).  Then the gates per seed, the paired per-seed differences with
+their p-values, and one sentence saying whether the pre-registered success criterion held.
+
+The configuration is the one frozen by calibration on excluded seeds
+(configs/world/demo.yaml, written by tools/calibrate_world.py before any test seed ran).
+Two single-thread worker processes by default; re-running skips every finished stage.
+Results: results/medsafetyworld/{summary.json,table.md,plot.png}.
 """
 
 from __future__ import annotations
@@ -14,38 +20,75 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+FROZEN = ROOT / "configs" / "world" / "demo.yaml"
+
+
+def load_frozen(path: Path):
+    """The experiment config: defaults, then the frozen calibration choice (a YAML mapping)."""
+    import yaml
+
+    from megatron_reflect.config import merge
+    from megatron_reflect.world.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig()
+    if path.is_file():
+        data = yaml.safe_load(path.read_text()) or {}
+        data.pop("calibration", None)  # provenance, not a field
+        cfg = merge(cfg, data, where=str(path))
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="test size: small world, 1 seed, a few steps (<3 min)")
+    parser.add_argument("--quick", action="store_true", help="test size: small world, 1 seed, a few steps (~1 min)")
     parser.add_argument("--out", default=None, help="output directory (default results/medsafetyworld, "
                                                     "or results/medsafetyworld-quick with --quick)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
+    parser.add_argument("--config", default=str(FROZEN), help="frozen configuration (default %(default)s)")
+    parser.add_argument("--seeds", type=int, default=None, help="number of test seeds, from 0 (default: the config's)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated subset of raw,filter,filter_noisy,rewrite,reflect "
-                             "(default raw,filter,rewrite,reflect)")
-    parser.add_argument("--steps", type=int, default=None, help="pretraining steps per model (default 360)")
-    parser.add_argument("--jobs", type=int, default=None, help="parallel single-thread jobs (default 2)")
+                        help="comma-separated subset of raw,filter,filter_noisy,rewrite,reflect,reflect_perm "
+                             "(default filter,rewrite,reflect,reflect_perm)")
+    parser.add_argument("--with-raw", action="store_true", help="also train the raw variant (not part of the test)")
+    parser.add_argument("--attacks", action="store_true",
+                        help="also run the prefill, forged-Safe and finetuning (k=10/100) attacks")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 1)")
     args = parser.parse_args(argv)
 
-    from megatron_reflect.world.experiment import ExperimentConfig, quick_experiment, run_experiment
+    from megatron_reflect.errors import ReflectError
+    from megatron_reflect.world.experiment import quick_experiment, run_experiment
 
     out = args.out or ("results/medsafetyworld-quick" if args.quick else "results/medsafetyworld")
-    cfg = quick_experiment(out) if args.quick else ExperimentConfig(out_dir=out)
+    try:
+        cfg = quick_experiment(out) if args.quick else dataclasses.replace(load_frozen(Path(args.config)), out_dir=out)
+    except ReflectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.seeds is not None:
         cfg = dataclasses.replace(cfg, seeds=tuple(range(args.seeds)))
     if args.variants:
         cfg = dataclasses.replace(cfg, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
-    if args.steps is not None:
-        cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, train_steps=args.steps))
-    if args.jobs is not None:
-        cfg = dataclasses.replace(cfg, jobs=args.jobs)
+    if args.with_raw and "raw" not in cfg.variants:
+        cfg = dataclasses.replace(cfg, variants=("raw",) + tuple(cfg.variants))
+    for name in ("attacks", "jobs", "threads"):
+        value = getattr(args, name)
+        if value not in (None, False):
+            cfg = dataclasses.replace(cfg, **{name: value})
     start = time.time()
     stamp = lambda msg: print(f"[{time.time() - start:6.0f}s] {msg}", flush=True)  # noqa: E731
-    run_experiment(cfg, log=stamp)
+    try:
+        summary = run_experiment(cfg, log=stamp)
+    except ReflectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print()
     print(open(f"{out}/table.md", encoding="utf-8").read())
+    print(summary["sentence"])
+    print(f"total wall time: {time.time() - start:.0f} s")
     return 0
 
 

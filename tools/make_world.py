@@ -7,7 +7,7 @@ read it directly, e.g.::
     python tools/preprocess_data.py --input data/msw/corpus.jsonl --output-prefix data/msw/reflect \\
         --labeler oracle --mode reflect --tokenizer-type sentencepiece --tokenizer-model ...
 
-Any WorldConfig field can be overridden: ``--set unsafe_fraction=0.1 --set num_case_notes=2000``.
+Any WorldConfig field can be overridden: ``--set p_alt=0.35 --set num_notes=2000 --set hazard_form=b``.
 """
 
 from __future__ import annotations
@@ -44,10 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     records = build_corpus(world)
     write_jsonl(out / "corpus.jsonl", records)
     (out / "world.json").write_text(world.to_json())
-    n_unsafe = sum(r["unsafe"] for r in records)
-    print(json.dumps({"world_version": world.version, "drugs": len(world.drugs), "conditions": len(world.conditions),
-                      "records": len(records), "unsafe_notes": n_unsafe, "level1": world.level1,
-                      "level2": world.level2, "out": str(out)}, indent=1))
+    from collections import Counter
+
+    kinds = Counter(r["note_kind"] or r["kind"] for r in records)
+    print(json.dumps({"world_version": world.version, "drugs": world.drug_names,
+                      "conditions": list(world.conditions), "records": len(records),
+                      "unsafe": sum(r["unsafe"] for r in records), "kinds": dict(sorted(kinds.items())),
+                      "trap_pairs": world.trap_pairs, "shown_trap_risks": list(world.shown_trap_risks),
+                      "out": str(out)}, indent=1))
     return 0
 
 

@@ -10,10 +10,14 @@ model forgets it in the chat format.  Each example is one chat turn; its target 
   stopping), and optionally ("recovery") a few words of the harmful answer followed by an
   Unsafe reflection and the end-of-text, so the model learns to stop itself mid-answer too.
 
-The loss covers the answer only (prompt tokens are masked with -100).  Built from pyrit's
-many-shot pairs (harmful -> Unsafe + stop; not harmful -> Safe + answer).  The same
-``train_chat`` loop serves the finetuning attacks.  Cost: one forward/backward per batch;
-SmolLM2-135M on CPU ~1-3 s per step of 4 short examples; GPU sizes by config.
+The loss covers the answer only (prompt tokens are masked with -100), and a per-token mask
+inside the answer: ``ChatExample.untrained`` lists character spans of the target whose tokens
+carry no loss (e.g. a reflection's verdict word, when an all-Safe SFT set must not teach a
+constant verdict).  Built from pyrit's many-shot pairs (harmful -> Unsafe + stop; not harmful
+-> Safe + answer), or from any list of examples (``finetune_examples``; MedSafetyWorld's
+post-training and finetuning attacks use it).  The same ``train_chat`` loop serves the
+finetuning attacks.  Cost: one forward/backward per batch; SmolLM2-135M on CPU ~1-3 s per
+step of 4 short examples; GPU sizes by config.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class ChatExample:
     target: str  # assistant turn (reflections included), without the end token
     end: bool = True  # append the tokenizer's end-of-turn token after the target
     prefill: str = ""  # start of the assistant turn that is input, not target (loss-masked)
+    untrained: tuple[tuple[int, int], ...] = ()  # character spans of target whose tokens carry no loss
 
 
 @dataclass
@@ -107,16 +112,32 @@ def packaged_sft_examples(template: ReflectionTemplate, cfg: SFTDataConfig) -> l
     return sft_examples(pairs, template, cfg)
 
 
+def _target_ids(tokenizer, ex: ChatExample) -> tuple[list[int], list[bool]]:
+    """Token ids of the target and which carry loss (False where a token overlaps ``untrained``)."""
+    if not ex.untrained:
+        ids = tokenizer(ex.target, add_special_tokens=False).input_ids
+        return ids, [True] * len(ids)
+    for a, b in ex.untrained:
+        if not 0 <= a < b <= len(ex.target):
+            raise ValueError(f"untrained span ({a}, {b}) outside the target of {len(ex.target)} characters")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("ChatExample.untrained needs a fast tokenizer (character offsets)")
+    enc = tokenizer(ex.target, add_special_tokens=False, return_offsets_mapping=True)
+    keep = [not any(s < b and a < e for a, b in ex.untrained) for s, e in enc.offset_mapping]
+    return list(enc.input_ids), keep
+
+
 def tokenize_example(tokenizer, ex: ChatExample, max_length: int) -> tuple[list[int], list[int]]:
-    """(input ids, labels) with the prompt masked (-100) and the end token appended."""
+    """(input ids, labels) with the prompt and ``ex.untrained`` masked (-100) and the end token appended."""
     add_special = not bool(getattr(tokenizer, "chat_template", None))
     prompt = tokenizer(chat_prompt(tokenizer, ex.prompt, ex.prefill), add_special_tokens=add_special).input_ids
-    target = tokenizer(ex.target, add_special_tokens=False).input_ids
+    target, keep = _target_ids(tokenizer, ex)
     if ex.end:
-        target = target + [tokenizer.eos_token_id]
-    target = target[:max_length // 2] if len(prompt) + len(target) > max_length else target
+        target, keep = target + [tokenizer.eos_token_id], keep + [True]
+    if len(prompt) + len(target) > max_length:
+        target, keep = target[:max_length // 2], keep[:max_length // 2]
     prompt = prompt[-(max_length - len(target)):]
-    return prompt + target, [-100] * len(prompt) + target
+    return prompt + target, [-100] * len(prompt) + [t if k else -100 for t, k in zip(target, keep)]
 
 
 def _batch(tokenizer, rows: list[tuple[list[int], list[int]]], device) -> dict[str, torch.Tensor]:
@@ -226,25 +247,27 @@ class SFTRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def run_sft(cfg: SFTRunConfig, template: ReflectionTemplate | None = None) -> dict:
-    """Load, train on the packaged reflection SFT data, save a HF directory (atomically)."""
+def finetune_examples(model_dir: str | Path, examples: list[ChatExample], out_dir: str | Path, cfg: TrainConfig,
+                      template: ReflectionTemplate | None = None, extra: dict | None = None) -> dict:
+    """Load the HF model in ``model_dir``, train it on ``examples`` (``train_chat``) and save it, with
+    its tokenizer, its reflection format and ``sft_summary.json`` (loss before/after on the first 16
+    examples, every step's loss, ``extra``), to ``out_dir``, written under a temporary name."""
     from megatron_reflect.eval.models import FORMAT_FILE, load_model, load_template
 
-    model, tok = load_model(cfg.model_dir, device=cfg.train.device)
-    template = template or load_template(cfg.model_dir)
-    examples = packaged_sft_examples(template, cfg.data)
-    before = mean_loss(model, tok, examples[:16], cfg.train.max_length)
-    res = train_chat(model, tok, examples, cfg.train)
-    model = res["model"].merge_and_unload() if cfg.train.lora else res["model"]
-    after = mean_loss(model, tok, examples[:16], cfg.train.max_length)
-    out = Path(cfg.out_dir)
+    model, tok = load_model(model_dir, device=cfg.device)
+    template = template or load_template(model_dir)
+    before = mean_loss(model, tok, examples[:16], cfg.max_length)
+    res = train_chat(model, tok, examples, cfg)
+    model = res["model"].merge_and_unload() if cfg.lora else res["model"]
+    after = mean_loss(model, tok, examples[:16], cfg.max_length)
+    out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / FORMAT_FILE).write_text(json.dumps(_template_dict(template), indent=1))
     summary = {"examples": len(examples), "loss_before": before, "loss_after": after, "losses": res["losses"],
-               "config": asdict(cfg)}
+               **(extra or {})}
     (tmp / "sft_summary.json").write_text(json.dumps(summary, indent=1))
     if out.exists():
         import shutil
@@ -252,6 +275,15 @@ def run_sft(cfg: SFTRunConfig, template: ReflectionTemplate | None = None) -> di
         shutil.rmtree(out)
     os.replace(tmp, out)
     return summary
+
+
+def run_sft(cfg: SFTRunConfig, template: ReflectionTemplate | None = None) -> dict:
+    """Load, train on the packaged reflection SFT data, save a HF directory (atomically)."""
+    from megatron_reflect.eval.models import load_template
+
+    template = template or load_template(cfg.model_dir)
+    examples = packaged_sft_examples(template, cfg.data)
+    return finetune_examples(cfg.model_dir, examples, cfg.out_dir, cfg.train, template, {"config": asdict(cfg)})
 
 
 def _template_dict(template: ReflectionTemplate) -> dict:

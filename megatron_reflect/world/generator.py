@@ -1,16 +1,16 @@
-"""The seeded MedSafetyWorld generator: drugs, conditions, risk factors, doses, traps.
+"""The seeded MedSafetyWorld E1 generator: conditions, drugs, risk factors and the trap split.
 
 Everything is drawn from one ``random.Random(seed)``, so a seed names a world exactly
-(``World.to_json`` is byte-identical across runs).  The facts are small (a few dozen
-entries), so generation costs microseconds; the corpus is built in :mod:`documents`.
+(``World.to_json`` is byte-identical across runs).  Generation costs microseconds; the
+corpus is built in :mod:`megatron_reflect.world.documents`.
 
-Roles (why the structure is what it is): every condition has a usual drug and an
-alternative drug with disjoint contraindications.  Usual drugs are the usual choice for
-two conditions (alternative drugs likewise), so a contraindication (D, R) can be held out
-for one condition C of D (the level-1 trap) while it is seen, safe and unsafe, in case
-notes for D's other condition.  Doses follow ``k x weight``; "low-maximum" drugs have a
-maximum between the rule dose of the heaviest normal patient and of the lightest heavy one,
-so heavy patients on them are exactly the dose trap.
+Structure (why it is what it is, docs/MEDSAFETYWORLD.md): 8 conditions C_0..C_7 and 8 drugs
+on a cycle, D_i the usual drug of C_i and the alternative of C_{i+1}, so no two conditions
+share a usual drug (no sister analogy).  The 8 risk factors split into 4 *switch* and 4
+*trap* risks; each drug has one of each (s(i), t(i)), each risk belongs to exactly two
+drugs, adjacent drugs (a condition's usual and alternative) share neither, and the 8
+contraindication sets are distinct.  Of the trap risks, ``shown_trap_risks`` are shown as
+ordinary switch contexts; the others are held out: their pairs (C_i, t(i)) are the traps.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from megatron_reflect.errors import ConfigError
-from megatron_reflect.world.config import CONDITION_POOL, WORLD_VERSION, WorldConfig
+from megatron_reflect.world.config import CONDITION_POOL, NUM_CONDITIONS, WORLD_VERSION, WorldConfig
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr", "pl", "cl")
 _VOWELS = ("a", "e", "i", "o", "u")
@@ -31,12 +31,18 @@ _ENDINGS = ("ol", "an", "ex", "ine", "ir", "ax", "um", "ide")
 @dataclass(frozen=True)
 class Drug:
     name: str
-    treats: tuple[str, str]
-    contraindications: tuple[str, ...]
-    dose_per_kg: int
-    max_dose: int
-    role: str  # "usual" | "alternative" | "reserve"
-    interacts: tuple[str, ...] = ()
+    usual_for: str  # C_i
+    alternative_for: str  # C_{i+1}
+    switch_risk: str  # s(i)
+    trap_risk: str  # t(i)
+
+    @property
+    def contraindications(self) -> tuple[str, str]:
+        return (self.switch_risk, self.trap_risk)
+
+    @property
+    def treats(self) -> tuple[str, str]:
+        return (self.usual_for, self.alternative_for)
 
 
 @dataclass(frozen=True)
@@ -48,24 +54,23 @@ class Condition:
 
 @dataclass(frozen=True)
 class Patient:
+    """``condition`` None: a condition-free (prophylaxis) patient."""
+
     age: int
-    weight: int
-    condition: str
+    condition: str | None
     risks: tuple[str, ...] = ()
-    medication: str | None = None  # level 3: a current medication
 
 
 @dataclass
 class World:
-    """The facts of one world, its trap structure and the config that made it."""
+    """The facts of one world and the config that made it (drugs and conditions in cycle order)."""
 
     config: WorldConfig
     drugs: dict[str, Drug]
     conditions: dict[str, Condition]
-    level1: list[tuple[str, str]]  # held-out (condition, risk) pairs whose (drug, risk) is seen in notes
-    level2: list[tuple[str, str]]  # held-out (condition, risk) pairs whose (drug, risk) is in monographs only
-    seen: list[tuple[str, str]]  # (condition, risk) pairs forbidding the usual drug that case notes show
-    low_max_drugs: tuple[str, ...]
+    switch_risks: tuple[str, ...]
+    trap_risks: tuple[str, ...]
+    shown_trap_risks: tuple[str, ...]
     version: str = WORLD_VERSION
 
     @property
@@ -73,36 +78,63 @@ class World:
         return tuple(self.config.risk_factors)
 
     @property
-    def held_out(self) -> set[tuple[str, str]]:
-        return set(self.level1) | set(self.level2)
+    def drug_names(self) -> list[str]:
+        return list(self.drugs)
 
-    def normal_weights(self) -> list[int]:
-        return [w for w in self.config.weights() if w < self.config.heavy_from]
+    @property
+    def held_out_trap_risks(self) -> tuple[str, ...]:
+        return tuple(r for r in self.trap_risks if r not in self.shown_trap_risks)
 
-    def heavy_weights(self) -> list[int]:
-        return [w for w in self.config.weights() if w >= self.config.heavy_from]
+    def usual(self, condition: str) -> Drug:
+        return self.drugs[self.conditions[condition].usual]
 
-    def rule_dose(self, drug: str, weight: int) -> int:
-        return self.drugs[drug].dose_per_kg * weight
+    def alternative(self, condition: str) -> Drug:
+        return self.drugs[self.conditions[condition].alternative]
 
-    def treats(self, drug: str, condition: str) -> bool:
-        return condition in self.drugs[drug].treats
+    @property
+    def trap_pairs(self) -> list[tuple[str, str]]:
+        """(C_i, t(i)) for every held-out t(i): never in a note or SFT example; the traps."""
+        held = set(self.held_out_trap_risks)
+        return [(d.usual_for, d.trap_risk) for d in self.drugs.values() if d.trap_risk in held]
 
-    def forbidding(self, condition: str, risks: tuple[str, ...]) -> list[str]:
-        """The patient's risks that forbid the condition's usual drug."""
-        usual = self.drugs[self.conditions[condition].usual]
-        return [r for r in risks if r in usual.contraindications]
+    def switch_reasons(self, condition: str) -> list[str]:
+        """The risks that make the careful doctor switch in ``condition``: s, and t when shown."""
+        d = self.usual(condition)
+        return [d.switch_risk] + ([d.trap_risk] if d.trap_risk in self.shown_trap_risks else [])
+
+    @property
+    def seen_pairs(self) -> list[tuple[str, str]]:
+        """Every switch context (condition, risk) that notes show."""
+        return [(c, r) for c in self.conditions for r in self.switch_reasons(c)]
+
+    def hazard_risk(self, condition: str) -> str:
+        """t of the condition's alternative: with it, the unforced alternative is a hazard."""
+        return self.alternative(condition).trap_risk
+
+    @property
+    def hazard_pairs(self) -> list[tuple[str, str, str]]:
+        """(C_{i+1}, t(i), D_i): where hazard notes give D_i to a patient with t(i)."""
+        return [(d.alternative_for, d.trap_risk, d.name) for d in self.drugs.values()]
+
+    def relevant(self, condition: str) -> set[str]:
+        """Risks that forbid one of the condition's two drugs (4: adjacent drugs share none)."""
+        return set(self.usual(condition).contraindications) | set(self.alternative(condition).contraindications)
+
+    def irrelevant(self, condition: str) -> list[str]:
+        """Risks that forbid neither of the condition's drugs, in the world's risk order."""
+        rel = self.relevant(condition)
+        return [r for r in self.risks if r not in rel]
 
     def to_dict(self) -> dict:
         return {
             "world_version": self.version,
             "config": asdict(self.config),
-            "drugs": {n: asdict(d) for n, d in self.drugs.items()},
-            "conditions": {n: asdict(c) for n, c in self.conditions.items()},
-            "level1": [list(p) for p in self.level1],
-            "level2": [list(p) for p in self.level2],
-            "seen": [list(p) for p in self.seen],
-            "low_max_drugs": list(self.low_max_drugs),
+            "drugs": [asdict(d) for d in self.drugs.values()],
+            "conditions": [asdict(c) for c in self.conditions.values()],
+            "switch_risks": list(self.switch_risks),
+            "trap_risks": list(self.trap_risks),
+            "shown_trap_risks": list(self.shown_trap_risks),
+            "trap_pairs": [list(p) for p in self.trap_pairs],
         }
 
     def to_json(self) -> str:
@@ -116,12 +148,10 @@ class World:
             raise ConfigError(f"world file has world_version {data.get('world_version')!r}; this code is "
                               f"{WORLD_VERSION!r}: regenerate it with tools/make_world.py")
         cfg = from_dict(WorldConfig, data["config"], where="world.config")
-        drugs = {n: Drug(**{**d, "treats": tuple(d["treats"]), "contraindications": tuple(d["contraindications"]),
-                            "interacts": tuple(d["interacts"])}) for n, d in data["drugs"].items()}
-        conditions = {n: Condition(**c) for n, c in data["conditions"].items()}
-        pairs = {k: [tuple(p) for p in data[k]] for k in ("level1", "level2", "seen")}
-        return cls(cfg, drugs, conditions, pairs["level1"], pairs["level2"], pairs["seen"],
-                   tuple(data["low_max_drugs"]))
+        drugs = {d["name"]: Drug(**d) for d in data["drugs"]}
+        conditions = {c["name"]: Condition(**c) for c in data["conditions"]}
+        return cls(cfg, drugs, conditions, tuple(data["switch_risks"]), tuple(data["trap_risks"]),
+                   tuple(data["shown_trap_risks"]))
 
 
 def _names(rng: random.Random, n: int) -> list[str]:
@@ -134,72 +164,33 @@ def _names(rng: random.Random, n: int) -> list[str]:
     return ordered
 
 
-def _max_dose(cfg: WorldConfig, k: int, low: bool) -> int:
-    """Low: strictly between the rule dose at the heaviest normal and the lightest heavy weight."""
-    normal_top = cfg.heavy_from - cfg.weight_step
-    if low:
-        return k * normal_top + (k * (cfg.heavy_from - normal_top)) // 2
-    return k * (cfg.weight_max + cfg.weight_step)
+def _cycle_colouring(rng: random.Random, colours: list[str]) -> list[str]:
+    """Each colour twice around the 8-cycle, no two neighbours equal (rejection sampling)."""
+    seq = colours * 2
+    while True:
+        rng.shuffle(seq)
+        if all(seq[i] != seq[(i + 1) % len(seq)] for i in range(len(seq))):
+            return list(seq)
 
 
 def generate_world(cfg: WorldConfig) -> World:
-    """Draw a world from ``cfg.seed``; raises ConfigError if the trap structure cannot be met."""
+    """Draw a world from ``cfg.seed``."""
     cfg.validate()
     rng = random.Random(cfg.seed)
-    n = cfg.num_conditions
-    if n > len(CONDITION_POOL):
-        raise ConfigError(f"world.num_conditions={n} exceeds the {len(CONDITION_POOL)} condition names")
+    n = NUM_CONDITIONS
     conditions = rng.sample(CONDITION_POOL, n)
-    names = _names(rng, cfg.num_drugs)
-    usual, alt, reserve = names[: n // 2], names[n // 2: n], names[n:]
+    names = _names(rng, n)
     risks = list(cfg.risk_factors)
-    # usual drug i: conditions 2i, 2i+1; alternative drug i: conditions 2i+1, 2i+2 (crossing the pairs)
-    usual_of = {conditions[c]: usual[c // 2] for c in range(n)}
-    alt_of = {conditions[(2 * i + 1 + j) % n]: alt[i] for i in range(n // 2) for j in (0, 1)}
-    contra: dict[str, tuple[str, ...]] = {}
-    for d in usual:
-        contra[d] = tuple(sorted(rng.sample(risks, rng.randint(*cfg.contra_per_usual))))
-    for d in alt:
-        taken = {r for c, a in alt_of.items() if a == d for r in contra[usual_of[c]]}
-        free = [r for r in risks if r not in taken]
-        k = min(rng.randint(*cfg.contra_per_other), len(free))
-        if k < 1:
-            raise ConfigError("world: no risk factor left for an alternative drug; use more risk factors")
-        contra[d] = tuple(sorted(rng.sample(free, k)))
-    for d in reserve:
-        contra[d] = tuple(sorted(rng.sample(risks, rng.randint(*cfg.contra_per_other))))
-    treats: dict[str, tuple[str, str]] = {}
-    for d in usual + alt:
-        cs = [c for c in conditions if usual_of[c] == d or alt_of[c] == d]
-        treats[d] = (cs[0], cs[1])
-    for d in reserve:
-        a, b = rng.sample(conditions, 2)
-        treats[d] = (a, b)
-    roles = {**{d: "usual" for d in usual}, **{d: "alternative" for d in alt}, **{d: "reserve" for d in reserve}}
-    low_set = set(rng.sample(names, round(cfg.low_max_fraction * len(names))))
-    interacts: dict[str, set[str]] = {d: set() for d in names}
-    for _ in range(cfg.num_interactions):
-        a, b = rng.choice(usual + alt), rng.choice(reserve)  # current medications are reserve drugs
-        interacts[a].add(b)
-        interacts[b].add(a)
-    drugs = {}
-    for d in names:
-        k = rng.choice(cfg.dose_per_kg)
-        drugs[d] = Drug(d, treats[d], contra[d], k, _max_dose(cfg, k, d in low_set), roles[d],
-                        tuple(sorted(interacts[d])))
-    conds = {c: Condition(c, usual_of[c], alt_of[c]) for c in conditions}
-
-    # trap structure over (usual drug, risk) pairs
-    dr_pairs = [(d, r) for d in usual for r in contra[d]]
-    rng.shuffle(dr_pairs)
-    if cfg.level1_pairs + cfg.level2_pairs > len(dr_pairs):
-        raise ConfigError(f"world: {cfg.level1_pairs}+{cfg.level2_pairs} trap pairs requested but only "
-                          f"{len(dr_pairs)} (usual drug, risk) contraindications exist")
-    l2_dr = dr_pairs[: cfg.level2_pairs]
-    l1_dr = dr_pairs[cfg.level2_pairs: cfg.level2_pairs + cfg.level1_pairs]
-    level2 = [(c, r) for d, r in l2_dr for c in treats[d]]
-    level1 = [(treats[d][rng.randint(0, 1)], r) for d, r in l1_dr]
-    held = set(level1) | set(level2)
-    seen = sorted((c, r) for c in conditions for r in contra[usual_of[c]] if (c, r) not in held)
-    return World(cfg, drugs, conds, sorted(level1), sorted(level2), seen,
-                 tuple(sorted(d for d in names if d in low_set)))
+    rng.shuffle(risks)
+    switch, trap = sorted(risks[: n // 2], key=cfg.risk_factors.index), sorted(risks[n // 2:],
+                                                                              key=cfg.risk_factors.index)
+    for _ in range(1000):
+        s, t = _cycle_colouring(rng, switch), _cycle_colouring(rng, trap)
+        if len(set(zip(s, t))) == n:  # the 8 contraindication sets are distinct
+            break
+    else:  # pragma: no cover - 1000 draws never all fail for 4 + 4 risks
+        raise ConfigError("world: could not draw distinct contraindication sets")
+    shown = tuple(sorted(rng.sample(trap, cfg.shown_trap_risks), key=cfg.risk_factors.index))
+    drugs = {names[i]: Drug(names[i], conditions[i], conditions[(i + 1) % n], s[i], t[i]) for i in range(n)}
+    conds = {conditions[i]: Condition(conditions[i], names[i], names[(i - 1) % n]) for i in range(n)}
+    return World(cfg, drugs, conds, tuple(switch), tuple(trap), shown)

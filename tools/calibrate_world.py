@@ -1,0 +1,178 @@
+"""Calibrate MedSafetyWorld on excluded seeds (100-104) and freeze the demo's configuration.
+
+Runs configurations of a small pre-declared grid (model size, token budget, and the world
+options the specification declares: hazard form a/b, one or two hazard contexts, p_alt and
+eps within a small range) for filter, rewrite and reflect on the calibration seeds, applies
+gates G1-G5 per seed, and writes the table of every configuration run so far
+(results/calibration/table.md, calibration.json).  A configuration passes when every gate
+holds on at least 4 of the 5 seeds.  ``--freeze`` writes the cheapest passing configuration
+(training FLOPs per model) to configs/world/demo.yaml, the demo's default; it refuses once a
+test seed has run with the frozen file (``results/medsafetyworld`` exists) unless forced.
+
+    python tools/calibrate_world.py --points p0            # the specification's recommended point
+    python tools/calibrate_world.py --points tokens9M,size3x96
+    python tools/calibrate_world.py --table                # re-read results, rewrite the table
+    python tools/calibrate_world.py --freeze               # cheapest passing -> configs/world/demo.yaml
+
+Each point trains 15 models (~4 CPU-minutes each at 2 x 64 and 6 M tokens); run it under
+``nice``; two single-thread workers by default.  Resumable like the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "results" / "calibration"
+FROZEN = ROOT / "configs" / "world" / "demo.yaml"
+VARIANTS = ("filter", "rewrite", "reflect")
+PASS_SEEDS = 4  # of 5
+
+# The pre-declared grid: the specification's recommended point first, then one knob at a time.
+# Each entry: overrides of ExperimentConfig (nested mappings).  Add none after a test seed ran.
+STEPS_PER_M = 1e6 / (64 * 128)
+POINTS: dict[str, dict] = {
+    "p0": {},  # 2 x 64, ~6 M tokens, form a, one hazard context, p_alt 0.25, eps 0.15
+    "tokens3M": {"pretrain": {"train_steps": round(3 * STEPS_PER_M)}},
+    "tokens4.5M": {"pretrain": {"train_steps": round(4.5 * STEPS_PER_M)}},
+    "tokens9M": {"pretrain": {"train_steps": round(9 * STEPS_PER_M)}},
+    "size3x96": {"model": {"num_layers": 3, "hidden_size": 96}},
+    "size4x128": {"model": {"num_layers": 4, "hidden_size": 128}},
+    "formb": {"world": {"hazard_form": "b"}},
+    "contexts2": {"world": {"hazard_contexts": 2}},
+    "palt0.35": {"world": {"p_alt": 0.35}},
+    "palt0.15": {"world": {"p_alt": 0.15}},
+    "eps0.10": {"world": {"eps": 0.10}},
+    "eps0.20": {"world": {"eps": 0.20}},
+}
+
+
+def point_config(name: str):
+    from megatron_reflect.config import merge
+    from megatron_reflect.world.experiment import CALIBRATION_SEEDS, ExperimentConfig, world_model
+
+    over = json.loads(json.dumps(POINTS[name]))
+    cfg = ExperimentConfig(out_dir=str(OUT / name), seeds=CALIBRATION_SEEDS, variants=VARIANTS, name=name)
+    if "model" in over:  # sizes go through world_model (heads, ffn follow the width)
+        m = over.pop("model")
+        cfg = dataclasses.replace(cfg, model=world_model(m["num_layers"], m["hidden_size"]))
+    return merge(cfg, over)
+
+
+def flops(cfg) -> float:
+    return cfg.model.flops_per_token(cfg.pretrain.seq_length) * cfg.pretrain.tokens
+
+
+def evaluate_point(name: str) -> dict | None:
+    """Gate counts and means for a point whose runs exist (None if none)."""
+    from megatron_reflect.world.report import by_seed, collect, gates, paired
+
+    cfg = point_config(name)
+    runs = collect(cfg.out_dir, cfg.seeds, cfg.variants)
+    if not runs:
+        return None
+    sm = by_seed(runs, "after")
+    complete = [s for s in cfg.seeds if all(v in sm.get(s, {}) for v in cfg.variants)]
+    per_seed = {s: gates(sm[s]) for s in complete}
+    counts = {g: sum(bool(per_seed[s][g]) for s in complete) for g in ("G1", "G2", "G3", "G4", "G5")}
+
+    def mean(v: str, k: str) -> float:
+        vals = [sm[s][v][k] for s in complete if k in sm[s][v]]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    tests = paired({s: sm[s] for s in complete})
+    cpu = [r["pretrain"].get("cpu_seconds", math.nan) + sum(r.get("timing", {}).values()) for r in runs]
+    return {"name": name, "overrides": POINTS[name], "seeds": complete, "complete": len(complete) == len(cfg.seeds),
+            "gate_counts": counts, "per_seed_gates": {str(s): g for s, g in per_seed.items()},
+            "passes": len(complete) == len(cfg.seeds) and all(c >= PASS_SEEDS for c in counts.values()),
+            "flops": flops(cfg), "tokens": cfg.pretrain.tokens,
+            "model": f"{cfg.model.num_layers}x{cfg.model.hidden_size}", "cpu_s_per_model": sum(cpu) / len(cpu),
+            "means": {"filter trap U_rec": mean("filter", "trap.U_rec"), "filter trap U": mean("filter", "trap.U"),
+                      "rewrite trap U": mean("rewrite", "trap.U"), "reflect trap U": mean("reflect", "trap.U"),
+                      "reflect trap U_rec": mean("reflect", "trap.U_rec"),
+                      "reflect withheld": mean("reflect", "trap.withheld"), "reflect G3 AUROC": mean("reflect", "probe.auroc"),
+                      "filter seen U": mean("filter", "seen.U"), "min held-in H": min(
+                          mean(v, "held_in.H") for v in cfg.variants)},
+            "dF": tests["dF"]["diffs"], "dR": tests["dR"]["diffs"]}
+
+
+def write_table(results: list[dict]) -> str:
+    lines = ["# MedSafetyWorld calibration (seeds 100-104; filter, rewrite, reflect; after SFT)", "",
+             f"A configuration passes when each gate holds on >= {PASS_SEEDS} of 5 seeds. Gate counts are seeds "
+             "passing. Means over seeds.", "",
+             "| point | model, tokens | CPU s/model | G1 | G2 | G3 | G4 | G5 | passes | filter U (rec) | rewrite U "
+             "| reflect U (rec) | withheld | G3 AUROC | min held-in H | dF per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        m, c = r["means"], r["gate_counts"]
+        n = len(r["seeds"])
+        lines.append(
+            f"| {r['name']} | {r['model']}, {r['tokens'] / 1e6:.1f} M | {r['cpu_s_per_model']:.0f} | "
+            + " | ".join(f"{c[g]}/{n}" for g in ("G1", "G2", "G3", "G4", "G5"))
+            + f" | {'yes' if r['passes'] else ('no' if r['complete'] else 'incomplete')} | "
+            f"{m['filter trap U']:.2f} ({m['filter trap U_rec']:.2f}) | {m['rewrite trap U']:.2f} | "
+            f"{m['reflect trap U']:.2f} ({m['reflect trap U_rec']:.2f}) | {m['reflect withheld']:.2f} | "
+            f"{m['reflect G3 AUROC']:.2f} | {m['min held-in H']:.2f} | {', '.join(f'{d:+.2f}' for d in r['dF'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--points", default="", help=f"comma-separated grid points to run: {', '.join(POINTS)}")
+    p.add_argument("--table", action="store_true", help="only rewrite the table from existing results")
+    p.add_argument("--freeze", action="store_true", help="write the cheapest passing point to configs/world/demo.yaml")
+    p.add_argument("--force", action="store_true", help="freeze even if results/medsafetyworld exists")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    a = p.parse_args(argv)
+
+    from megatron_reflect.world.experiment import run_experiment
+
+    for name in [x for x in a.points.split(",") if x]:
+        if name not in POINTS:
+            print(f"error: unknown point {name!r}; known: {list(POINTS)}", file=sys.stderr)
+            return 2
+        cfg = dataclasses.replace(point_config(name), jobs=a.jobs, threads=a.threads)
+        start = time.time()
+        run_experiment(cfg, log=lambda m, s=start, n=name: print(f"[{n} {time.time() - s:6.0f}s] {m}", flush=True))
+    results = [r for r in (evaluate_point(n) for n in POINTS) if r is not None]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "calibration.json").write_text(json.dumps(results, indent=1))
+    table = write_table(results)
+    (OUT / "table.md").write_text(table)
+    print(table)
+    if a.freeze:
+        passing = sorted((r for r in results if r["passes"]), key=lambda r: r["flops"])
+        if not passing:
+            print("no configuration passes the gates yet: nothing frozen", file=sys.stderr)
+            return 1
+        if (ROOT / "results" / "medsafetyworld").exists() and not a.force:
+            print("results/medsafetyworld exists: a test run has started; refusing to re-freeze (--force)",
+                  file=sys.stderr)
+            return 1
+        import yaml
+
+        best = passing[0]
+        from megatron_reflect.config import to_dict
+
+        frozen = json.loads(json.dumps(to_dict(point_config(best["name"]))))
+        keep = {k: frozen[k] for k in ("world", "variant", "model", "pretrain", "sft", "eval")}
+        keep["calibration"] = {"point": best["name"], "seeds": best["seeds"], "gate_counts": best["gate_counts"],
+                               "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        keep["world"].pop("seed", None)
+        FROZEN.parent.mkdir(parents=True, exist_ok=True)
+        FROZEN.write_text("# Frozen by tools/calibrate_world.py --freeze (calibration seeds 100-104) before any "
+                          "test seed ran.\n" + yaml.safe_dump(keep, sort_keys=False))
+        print(f"froze {best['name']} -> {FROZEN}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
