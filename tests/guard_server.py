@@ -7,6 +7,8 @@ first ``slow_first``, 500s for every request after ``fail_after``, or unparseabl
 ``hold_after=N`` answers N requests and holds every later one unanswered until
 ``release()`` (a known point at which a test can kill its client); ``requested`` counts
 the requests per message content, ``answered`` and ``contents`` the answers.
+``teacher`` (text -> Label) replaces the classifier as the guard's policy (the distillation
+test uses a guard whose policy differs from the packaged classifier's).
 """
 
 from __future__ import annotations
@@ -15,16 +17,22 @@ import json
 import threading
 import time
 from collections import Counter
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from megatron_reflect.data.labelers.classifier import ClassifierLabeler
 from megatron_reflect.data.labelers.qwen3guard import format_guard_answer
+from megatron_reflect.data.types import Label
 
 
 class GuardServer:
     def __init__(self, fail_first: int = 0, slow_first: int = 0, slow_s: float = 1.0, fail_after: int | None = None,
-                 garbage: bool = False, hold_after: int | None = None) -> None:
-        self.classifier = ClassifierLabeler()
+                 garbage: bool = False, hold_after: int | None = None,
+                 teacher: Callable[[str], Label] | None = None) -> None:
+        if teacher is None:
+            classifier = ClassifierLabeler()
+            teacher = lambda text: classifier.predict([text])[0]  # noqa: E731
+        self.teacher = teacher
         self.hold_after = hold_after
         self.held = threading.Event()  # set: no request is held any more
         self.requested: Counter[str] = Counter()
@@ -59,7 +67,7 @@ class GuardServer:
                     time.sleep(server.slow_s)
                 content = body["messages"][-1]["content"]
                 answer = "I am not sure." if server.garbage else format_guard_answer(
-                    server.classifier.predict([content])[0])
+                    server.teacher(content))
                 with server.lock:
                     server.answered += 1
                     server.contents.append(content)

@@ -65,5 +65,5 @@ def test_distilled_labeler_agrees_with_its_guard_better_than_the_default(tmp_pat
     got = [lab.verdict is not Verdict.SAFE for lab in labeler.predict([s.text for s in held])]
     want = [s.verdict != "Safe" for s in held]
     assert student["flag_agreement"] == round(float(np.mean([a == b for a, b in zip(got, want)])), 4)
-    assert student["flag_agreement"] >= 0.85 and student["flag_agreement"] > default["flag_agreement"] + 0.2, report
+    assert student["flag_agreement"] >= 0.9 and student["flag_agreement"] > default["flag_agreement"] + 0.1, report
     assert meta["training"]["segments"] == len(stored) - len(held)

@@ -45,22 +45,34 @@ def _count(pred: list[bool], ref: list[bool]) -> tuple[float, float]:
     return po, (po - pe) / (1 - pe)
 
 
+class Memo:
+    """A judge that judges once (the classifier judge embeds with MiniLM: once is enough)."""
+
+    def __init__(self, judge) -> None:
+        self.judge_, self.out = judge, None
+
+    def judge(self, samples):
+        if self.out is None:
+            self.out = self.judge_.judge(samples)
+        return self.out
+
+
 def test_judges_against_hand_labels(hand):
     assert len(hand) >= 60
     assert sum(i.kind == "harmful" for i in hand) >= 30 and sum(i.kind == "benign" for i in hand) >= 25
     assert not any(i.harmful for i in hand if i.kind == "benign")  # per the rubric, checked by reading
-    judges = {"refusal rule": RefusalJudge(), "classifier": ClassifierJudge()}
+    judges = {"refusal rule": Memo(RefusalJudge()), "classifier": Memo(ClassifierJudge())}
     res = hand_label_agreement(hand, judges)
     harmful = [i for i in hand if i.kind == "harmful"]
-    rule = [j.harmful for j in RefusalJudge().judge([i.sample() for i in harmful])]
+    rule = [j.harmful for j, i in zip(judges["refusal rule"].out, hand) if i.kind == "harmful"]
     po, kappa = _count(rule, [i.harmful for i in harmful])
     assert res["refusal rule"]["harmful_prompts"]["agreement"] == pytest.approx(po)
     assert res["refusal rule"]["harmful_prompts"]["kappa"] == pytest.approx(kappa)
-    refused = [not j.harmful for j in RefusalJudge().judge([i.sample() for i in hand])]
+    refused = [not j.harmful for j in judges["refusal rule"].out]
     po_r, kappa_r = _count(refused, [i.refusal for i in hand])
     assert res["refusal rule"]["refusal_detection"]["agreement"] == pytest.approx(po_r)
     assert res["refusal rule"]["refusal_detection"]["kappa"] == pytest.approx(kappa_r)
-    clf = [j.harmful for j in ClassifierJudge().judge([i.sample() for i in hand])]
+    clf = [j.harmful for j in judges["classifier"].out]
     po_c, kappa_c = _count(clf, [i.harmful for i in hand])
     assert res["classifier"]["all_prompts"]["agreement"] == pytest.approx(po_c)
     assert res["classifier"]["all_prompts"]["kappa"] == pytest.approx(kappa_c)

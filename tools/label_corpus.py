@@ -43,7 +43,13 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 def labeler_options(args: argparse.Namespace, input_path: Path) -> dict:
     if args.labeler == "classifier":
         opts = {"unsafe_threshold": args.unsafe_threshold, "controversial_threshold": args.controversial_threshold}
-        return {k: v for k, v in opts.items() if v is not None}
+        try:
+            extra = json.loads(args.labeler_options)
+        except json.JSONDecodeError as e:
+            raise ReflectError(f"--labeler-options must be a JSON object: {e}") from None
+        if not isinstance(extra, dict):
+            raise ReflectError("--labeler-options must be a JSON object")
+        return {**{k: v for k, v in opts.items() if v is not None}, **extra}
     if args.labeler == "openai":
         from megatron_reflect.data.labelers.openai import GUARD_INSTRUCTION
 
@@ -82,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--batch-size", type=int, default=64, help="segments per labeler call")
     lab.add_argument("--unsafe-threshold", type=float, default=None, help="classifier: P(unsafe) for Unsafe")
     lab.add_argument("--controversial-threshold", type=float, default=None, help="classifier: P(unsafe) for Controversial")
+    lab.add_argument("--labeler-options", default="{}",
+                     help='classifier: JSON object of further options, e.g. \'{"artifact_dir": "student/"}\' '
+                          '(a distilled artifact) or \'{"model": "hashed"}\' (the fast family)')
     lab.add_argument("--endpoint", help="openai: base URL of an OpenAI-compatible server, e.g. http://host:8000")
     lab.add_argument("--model", default="Qwen/Qwen3Guard-Gen-0.6B", help="openai: served model name")
     lab.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight")

@@ -80,13 +80,13 @@ class ClassifierLabeler:
                 dense = np.zeros((n, 1 + len(self.categories)), dtype=np.float32)
                 dense[z["rows"]] = z["values"].astype(np.float32)
                 self.weights = dense
-        from megatron_reflect.data.labelers.features import build_featurizer
+        from megatron_reflect.data.labelers.features import build_featurizer, shared_minilm
 
         if self.family == "hashed":
             f = self.meta["features"]
             self.featurizer = build_featurizer("hashed", n_features=f["n_features"], ngram_range=f["ngram_range"])
         elif self.family == "minilm":
-            self.featurizer = build_featurizer("minilm", batch_size=batch_size)
+            self.featurizer = shared_minilm(batch_size)
         else:
             self.featurizer = build_featurizer(self.family)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -106,6 +107,14 @@ class MiniLMEmbedder:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 out[idx] = pooled.float().cpu().numpy()
         return out
+
+
+@lru_cache(maxsize=4)
+def shared_minilm(batch_size: int = 32, device: str | None = None) -> MiniLMEmbedder:
+    """One MiniLM per process and setting: labelers built per input file (label_corpus), per
+    server or per judge share the weights instead of loading them again (~0.5 s and 90 MB each).
+    Inference only, so sharing across threads is safe."""
+    return MiniLMEmbedder(batch_size=batch_size, device=device)
 
 
 def static_table_path() -> Path:

@@ -224,7 +224,7 @@ def evaluate_held_out_domains(family: str, examples: Sequence[Example], x=None, 
         "max_benign_false_flag_rate": max(r["false_flag_rate"] for r in benign_rows) if benign_rows else None,
         "mean_benign_false_flag_rate": round(float(np.mean([r["false_flag_rate"] for r in benign_rows])), 4)
         if benign_rows else None,
-        "harmful_request_recall": round(float(flags[np.isin(d, HARMFUL_REQUEST_DOMAINS) & (y == 1)].mean()), 4)
+        "harmful_request_recall": round(float(flags[done & np.isin(d, HARMFUL_REQUEST_DOMAINS) & (y == 1)].mean()), 4)
         if req_rows else None,
         "boundary_false_flag_rates": {r["domain"]: r["false_flag_rate"] for r in boundary},
         "harmful_recall_all": round(float(flags[done & (y == 1)].mean()), 4),
