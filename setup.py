@@ -35,7 +35,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "gpu": ["transformer-engine[pytorch]"],
-    "dali": ["nvidia-dali-cuda120"],
+    "dali": ["nvidia-dali-cuda130"],  # the image is CUDA 13; CUDA 12 hosts: nvidia-dali-cuda120
     "test": ["pytest", "pytest-timeout"],
 }
 
