@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 [ -f "$OUT/world/corpus.jsonl" ] || $PY tools/make_world.py --out "$OUT/world" --seed 0 --quick
 # 2. a small tokenizer with the reflection tags as single pieces
 [ -f "$OUT/tok.model" ] || $PY tools/train_tokenizer.py --input "$OUT/world/corpus.jsonl" \
-    --output-prefix "$OUT/tok" --vocab-size 2000 --reflection-tags
+    --output-prefix "$OUT/tok" --vocab-size 640 --reflection-tags
 # 3. segment, label, insert reflections, tokenize
 [ -f "$OUT/data/reflect_stats.json" ] || $PY tools/preprocess_data.py --input "$OUT/world/corpus.jsonl" \
     --output-prefix "$OUT/data/reflect" --labeler oracle --mode reflect \
