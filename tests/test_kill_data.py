@@ -114,29 +114,33 @@ def test_preprocess_sigkill_resumes_from_last_chunk(tmp_path):
 
 
 def test_label_corpus_sigkill_never_asks_twice(tmp_path):
-    corpus = tmp_path / "c.jsonl"
+    from megatron_reflect.data.labelers import build_labeler
+
+    hashed = build_labeler("classifier", model="hashed")  # the guard's policy: the fast packaged classifier
     # one segment per document, so every labeller call is one batch of 4 segments (24 = 6 batches)
+    corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(passages(24))))
-    common = ["--input", str(corpus), "--labeler", "openai", "--segment-words", "1000", "--batch-size", "4",
-              "--concurrency", "2", "--part-segments", "8", "--max-retries", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with GuardServer() as server:
-        ref = subprocess.run(tool("label_corpus.py", *common, "--labels-dir", str(tmp_path / "ref"),
-                                  "--endpoint", server.url), cwd=REPO, env=env, capture_output=True, text=True)
+    with GuardServer(teacher=lambda text: hashed.predict([text])[0]) as server:
+        common = ["--input", str(corpus), "--labeler", "openai", "--segment-words", "1000", "--batch-size", "4",
+                  "--concurrency", "2", "--part-segments", "8", "--max-retries", "0", "--endpoint", server.url]
+        ref = subprocess.run(tool("label_corpus.py", *common, "--labels-dir", str(tmp_path / "ref")), cwd=REPO,
+                             env=env, capture_output=True, text=True)
         assert ref.returncode == 0, ref.stderr
         segments = server.answered
-    assert segments == 24 and len(set(server.contents)) == segments  # distinct segments, each asked once
+        assert segments == 24 and len(set(server.contents)) == segments  # distinct segments, each asked once
 
-    # requests 13 and 14 (of batch 13-16) are answered, 15 and 16 held: the kill falls inside a batch
-    answered = 14
-    labels_dir = tmp_path / "labels"
-    with GuardServer(hold_after=answered) as server:
-        cmd = tool("label_corpus.py", *common, "--labels-dir", str(labels_dir), "--endpoint", server.url)
+        # requests 13 and 14 (of batch 13-16) are answered, 15 and 16 held: the kill falls inside a batch
+        answered, base = 14, server.requests
+        server.held.clear()
+        server.hold_after = base + answered
+        labels_dir = tmp_path / "labels"
+        cmd = tool("label_corpus.py", *common, "--labels-dir", str(labels_dir))
         # both request threads are waiting on held requests: every answer they got is committed
-        proc = run_until(cmd, lambda p: server.requests == answered + 2, env, tmp_path / "killed.log")
+        proc = run_until(cmd, lambda p: server.requests == base + answered + 2, env, tmp_path / "killed.log")
         sigkill(proc)
-        first = set(server.contents)
-        assert len(first) == server.answered == answered
+        first = set(server.contents[segments:])
+        assert len(first) == server.answered - segments == answered
         assert not (labels_dir / "c.jsonl.labels.parquet").exists()
         assert list((labels_dir / "c.jsonl.labels.parquet.parts").glob("part-*.parquet"))  # some labels committed
         server.release()
