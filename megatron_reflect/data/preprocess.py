@@ -344,7 +344,7 @@ class ShardStats:
                 "skipped_count": self.skipped_count, "skipped": self.skipped}
 
 
-def _batches(path: Path, part: int, cfg: PreprocessConfig, stored: dict[str, StoredLabels] | None,
+def _batches(path: Path, part: int, cfg: PreprocessConfig, stored: StoredLabelFile | None,
              start: ReadPosition) -> Iterator[Batch]:
     from megatron_reflect.data.readers import DEFAULT_MAX_CHARS, Skipped, iter_positioned
 
@@ -370,43 +370,84 @@ def _batches(path: Path, part: int, cfg: PreprocessConfig, stored: dict[str, Sto
 _VERDICTS = {v.value: v for v in Verdict}
 
 
-def _stored_labels(path: Path, cfg: PreprocessConfig) -> dict[str, StoredLabels] | None:
-    """The label file of ``path`` grouped by document, in one pass over its columns."""
+class StoredLabelFile:
+    """The label file of one input, read once as columns; ``get(doc_id)`` builds that document's
+    rows when it is read (so a partition builds only its own documents' rows).
+
+    ``label_file`` writes each document's rows together and in segment order; a file that does
+    not is sorted first.  Each document's segment indices must be 0, 1, ... (checked for all
+    documents at once with numpy)."""
+
+    COLUMNS = ["doc_id", "seg_index", "start", "end", "text_hash", "verdict", "category", "score"]
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = path
+        try:
+            table = pq.read_table(path, columns=self.COLUMNS)
+        except Exception as e:  # pyarrow raises several types for a damaged file or missing columns
+            raise DataError(f"{path}: not a readable label file ({e})") from e
+        doc_ids = table.column("doc_id").to_pylist()
+        runs = self._runs(doc_ids)
+        if len(runs) != len(set(doc_ids)):  # some document's rows are not together
+            table = table.sort_by([("doc_id", "ascending"), ("seg_index", "ascending")])
+            doc_ids = table.column("doc_id").to_pylist()
+            runs = self._runs(doc_ids)
+        seg = table.column("seg_index").to_numpy(zero_copy_only=False).astype(np.int64)
+        los = np.array([lo for _, lo, _ in runs], np.int64)
+        lengths = np.array([hi - lo for _, lo, hi in runs], np.int64)
+        expected = np.arange(len(seg)) - np.repeat(los, lengths)
+        bad = np.flatnonzero(seg != expected)
+        if len(bad):
+            raise DataError(f"{path}: doc {doc_ids[int(bad[0])]!r} has non-contiguous segment indices")
+        self.rows = {doc: (lo, hi) for doc, lo, hi in runs}
+        self.start = table.column("start").to_pylist()
+        self.end = table.column("end").to_pylist()
+        self.hash = table.column("text_hash").to_pylist()
+        self.verdict = table.column("verdict").to_pylist()
+        self.category = table.column("category").to_pylist()
+        self.score = table.column("score").to_pylist()
+        self._labels: dict[tuple, Label] = {}
+
+    @staticmethod
+    def _runs(doc_ids: list[str]) -> list[tuple[str, int, int]]:
+        runs, lo = [], 0
+        for i in range(1, len(doc_ids) + 1):
+            if i == len(doc_ids) or doc_ids[i] != doc_ids[lo]:
+                runs.append((doc_ids[lo], lo, i))
+                lo = i
+        return runs
+
+    def _label(self, row: int) -> Label:
+        key = (self.verdict[row], self.category[row], self.score[row])
+        label = self._labels.get(key)
+        if label is None:
+            verdict = _VERDICTS.get(key[0])
+            if verdict is None:
+                try:
+                    verdict = Verdict.parse(key[0])
+                except ValueError as e:
+                    raise DataError(f"{self.path}: row {row}: {e}") from e
+            label = self._labels[key] = Label(verdict, key[1], key[2])
+        return label
+
+    def get(self, doc_id: str) -> StoredLabels | None:
+        span = self.rows.get(doc_id)
+        if span is None:
+            return None
+        return [(self.start[r], self.end[r], self.hash[r], self._label(r)) for r in range(*span)]
+
+
+def _stored_labels(path: Path, cfg: PreprocessConfig) -> StoredLabelFile | None:
     if cfg.mode == "plain" or not cfg.labels_dir:
         return None
-    import pyarrow.parquet as pq
-
     from megatron_reflect.data.labels import labels_path_for
 
     label_file = labels_path_for(path, cfg.labels_dir)
     if not Path(label_file).is_file():
         raise DataError(f"{path}: no stored labels at {label_file} (run tools/label_corpus.py first)")
-    columns = ["doc_id", "seg_index", "start", "end", "text_hash", "verdict", "category", "score"]
-    try:
-        d = pq.read_table(label_file, columns=columns).to_pydict()
-    except Exception as e:  # pyarrow raises several types for a damaged file or missing columns
-        raise DataError(f"{label_file}: not a readable label file ({e})") from e
-    grouped: dict[str, list[tuple[int, int, int, str, Label]]] = {}
-    labels: dict[tuple, Label] = {}
-    for row, (doc_id, index, start, end, h, v, c, s) in enumerate(zip(*(d[k] for k in columns))):
-        key = (v, c, s)
-        label = labels.get(key)
-        if label is None:
-            verdict = _VERDICTS.get(v)
-            if verdict is None:
-                try:
-                    verdict = Verdict.parse(v)
-                except ValueError as e:
-                    raise DataError(f"{label_file}: row {row}: {e}") from e
-            label = labels[key] = Label(verdict, c, s)
-        grouped.setdefault(doc_id, []).append((index, start, end, h, label))
-    out: dict[str, StoredLabels] = {}
-    for doc_id, rows in grouped.items():
-        rows.sort(key=lambda r: r[0])
-        if rows[-1][0] != len(rows) - 1 or [r[0] for r in rows] != list(range(len(rows))):
-            raise DataError(f"{label_file}: doc {doc_id!r} has non-contiguous segment indices")
-        out[doc_id] = [r[1:] for r in rows]
-    return out
+    return StoredLabelFile(Path(label_file))
 
 
 @dataclass

@@ -202,8 +202,12 @@ def render(doc: Document, segments: list[Segment], labels: list[Label], mode: st
             out.append(rewriter.rewrite(doc, seg, label))
         return [Piece("".join(out))]
     pieces: list[Piece] = []
+    rendered: dict[tuple, Piece] = {}  # a document has few distinct reflections: render each once
     for seg, label in zip(segments, labels):
-        reflection = label.reflection()
-        text, _ = template.render(reflection)
-        pieces += [Piece(seg.text), Piece(text, reflection)]
+        key = (label.verdict, label.category)
+        piece = rendered.get(key)
+        if piece is None:
+            reflection = label.reflection()
+            piece = rendered[key] = Piece(template.render(reflection)[0], reflection)
+        pieces += [Piece(seg.text), piece]
     return pieces
