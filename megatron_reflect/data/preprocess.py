@@ -135,8 +135,18 @@ class BatchResult:
     skipped: list[Skip] = field(default_factory=list)
 
 
+@dataclass
+class Prepared:
+    """A batch after rendering: the pieces of each document to write, and what was skipped or dropped."""
+
+    result: BatchResult
+    rendered: list[list[Piece]] = field(default_factory=list)
+    written: list[tuple[Document, list[Label]]] = field(default_factory=list)
+
+
 class Worker:
-    """The per-batch pipeline; one per process (built once, reused for every batch)."""
+    """The per-batch pipeline; one per process (built once, reused for every batch):
+    ``prepare`` (segment, label, render) then ``encode`` (tokenize)."""
 
     def __init__(self, cfg: PreprocessConfig, tokenizer: Tokenizer | None = None) -> None:
         from megatron_reflect.data.segment import SegmenterConfig
@@ -189,7 +199,8 @@ class Worker:
                 why[i] = f"labeler {self.cfg.labeler!r} failed: {e}"
         return labels
 
-    def process(self, items: list[tuple[Document, StoredLabels | None]]) -> BatchResult:
+    def prepare(self, items: list[tuple[Document, StoredLabels | None]]) -> Prepared:
+        """Segment, label and render a batch (Python work; the tokenizer is not called)."""
         docs = [d for d, _ in items]
         why: list[str | None] = [None] * len(docs)  # the reason a document is skipped
         cfg = self.cfg
@@ -209,39 +220,46 @@ class Worker:
             got = self._labels([docs[i] for i in live], [segs[i] for i in live], live_why)
             for j, i in enumerate(live):
                 labels[i], why[i] = got[j], live_why[j]
-        result = BatchResult(np.zeros(0), np.zeros(0, np.uint8), np.zeros(0, np.int64))
-        rendered: list[list[Piece]] = []
-        written: list[int] = []  # index in the batch of each rendered document
+        out = Prepared(BatchResult(np.zeros(0), np.zeros(0, np.uint8), np.zeros(0, np.int64)))
         for i, doc in enumerate(docs):
             if why[i] is not None:
-                result.skipped.append((doc.source, doc.line, why[i]))  # type: ignore[arg-type]
+                out.result.skipped.append((doc.source, doc.line, why[i]))  # type: ignore[arg-type]
                 continue
             if cfg.mode == "plain":
-                rendered.append([Piece(doc.text)])
-                written.append(i)
+                out.rendered.append([Piece(doc.text)])
+                out.written.append((doc, labels[i]))
                 continue
             try:
                 pieces = render(doc, segs[i], labels[i], cfg.mode, cfg.template, max_flagged=cfg.filter_max_flagged,
                                 min_score=cfg.filter_min_score, rewriter=self.rewriter)
             except ReflectError as e:
-                result.skipped.append((doc.source, doc.line, f"render: {e}"))
+                out.result.skipped.append((doc.source, doc.line, f"render: {e}"))
                 continue
             if pieces is None:
-                result.dropped += 1
-                result.verdicts.update(label.verdict.value for label in labels[i])
+                out.result.dropped += 1
+                out.result.verdicts.update(label.verdict.value for label in labels[i])
             else:
-                rendered.append(pieces)
-                written.append(i)
-        result.tokens, result.meta, result.lengths = self.tokenizer.encode_documents(rendered, eod=cfg.append_eod)
+                out.rendered.append(pieces)
+                out.written.append((doc, labels[i]))
+        return out
+
+    def encode(self, prepared: Prepared) -> BatchResult:
+        """Tokenize a prepared batch (mostly in the tokenizer, which releases the GIL)."""
+        result = prepared.result
+        result.tokens, result.meta, result.lengths = self.tokenizer.encode_documents(prepared.rendered,
+                                                                                     eod=self.cfg.append_eod)
         empty = set(np.flatnonzero(result.lengths == 0).tolist())
-        for j, i in enumerate(written):
+        for j, (doc, labels) in enumerate(prepared.written):
             if j in empty:  # possible only without EOD
-                result.skipped.append((docs[i].source, docs[i].line, "no tokens"))
+                result.skipped.append((doc.source, doc.line, "no tokens"))
             else:
-                result.verdicts.update(label.verdict.value for label in labels[i])
+                result.verdicts.update(label.verdict.value for label in labels)
         if empty:
             result.lengths = result.lengths[result.lengths > 0]
         return result
+
+    def process(self, items: list[tuple[Document, StoredLabels | None]]) -> BatchResult:
+        return self.encode(self.prepare(items))
 
 
 # multiprocessing.Pool's initializer can only leave state in the worker process's module:
@@ -526,11 +544,12 @@ def _engine(cfg: PreprocessConfig, tokenizer: Tokenizer, stack: list) -> Callabl
     worker = Worker(cfg, tokenizer)
     if cfg.workers == 1 and cfg.in_line_work():
         return lambda batches: ((b, worker.process(b.items)) for b in batches)
-    # the worker thread spends its time in the tokenizer (which releases the GIL): reading and
-    # parsing the next batch, and writing the previous one, overlap with it
+    # the tokenizer thread spends its time in the tokenizer (which releases the GIL): reading,
+    # parsing and rendering the next batch (this thread), and writing the previous one, overlap with it
     executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     stack.append(lambda: executor.shutdown(wait=True, cancel_futures=True))
-    return lambda batches: _bounded(lambda items: executor.submit(worker.process, items).result, batches, 2)
+    return lambda batches: _bounded(lambda items: executor.submit(worker.encode, worker.prepare(items)).result,
+                                    batches, 2)
 
 
 def preprocess(cfg: PreprocessConfig) -> dict:
