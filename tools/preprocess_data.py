@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     io.add_argument("--workers", type=int, default=1,
                     help="tokenizer threads (labeller processes when an in-line labeler runs)")
     io.add_argument("--partitions", type=int, default=1,
-                    help="split each input file into N shards (resumable units), merged at the end")
+                    help="split each input file into N shards (record i goes to shard i mod N), merged at the end")
     io.add_argument("--max-chars", type=int, default=None, help="skip documents longer than this")
     r = p.add_argument_group("reflections")
     r.add_argument("--mode", default="reflect", choices=["reflect", "filter", "rewrite", "plain"])
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--rewriter-options", default="{}", help='JSON, e.g. \'{"base_url": "...", "model": "..."}\'')
     c = p.add_argument_group("control")
     c.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
-    c.add_argument("--resume", action="store_true", help="skip shards finished by a previous run")
+    c.add_argument("--resume", action="store_true",
+                   help="continue a killed run: keep its finished shards, resume a partial one at its last chunk")
     c.add_argument("--batch-docs", type=int, default=64, help="documents per worker task")
     c.add_argument("--chunk-tokens", type=int, default=4_000_000,
                    help="commit the work every N tokens (a killed run redoes at most one chunk)")
