@@ -13,6 +13,11 @@ test seed has run with the frozen file (``results/medsafetyworld`` exists) unles
     python tools/calibrate_world.py --points tokens9M,size3x96
     python tools/calibrate_world.py --table                # re-read results, rewrite the table
     python tools/calibrate_world.py --freeze               # cheapest passing -> configs/world/demo.yaml
+    python tools/calibrate_world.py --freeze-point lr1e-2  # no point passes: freeze a named one anyway
+
+When no point passes, ``--freeze-point NAME`` freezes a named, complete point and records in the
+file that it did not pass (and which gates failed): the test then runs on a configuration whose
+gates are known to fail on calibration seeds, and the report says so.
 
 Each point trains 15 models (~4 CPU-minutes each at 2 x 64 and 6 M tokens); run it under
 ``nice``; two single-thread workers by default.  Resumable like the demo.
@@ -56,6 +61,15 @@ POINTS: dict[str, dict] = {
     "lr1e-2": {"pretrain": {"lr": 1e-2, "min_lr": 1e-3}},
     "lr1e-2-tokens3M": {"pretrain": {"lr": 1e-2, "min_lr": 1e-3, "train_steps": round(3 * STEPS_PER_M)}},
     "lr1e-2-tokens4.5M": {"pretrain": {"lr": 1e-2, "min_lr": 1e-3, "train_steps": round(4.5 * STEPS_PER_M)}},
+    # added after lr1e-2: the verdict is learned in distribution on some seeds and not at all on
+    # others (bimodal), so more optimizer steps for the same tokens (batch 32)
+    "batch32": {"pretrain": {"batch_size": 32, "train_steps": round(6e6 / (32 * 128)), "lr": 5e-3, "min_lr": 5e-4}},
+    # the verdict's onset is a sudden transition (Unsafe verdict accuracy 0 -> 1) whose time varies by
+    # seed; weight decay is known to bring such transitions forward
+    "wd0.1": {"pretrain": {"weight_decay": 0.1}},
+    "lr1e-2-wd0.1": {"pretrain": {"lr": 1e-2, "min_lr": 1e-3, "weight_decay": 0.1}},
+    # more Unsafe examples per (drug, risk) pair, both rates at the top of their declared range
+    "palt0.35-eps0.20": {"world": {"p_alt": 0.35, "eps": 0.20}},
 }
 
 
@@ -160,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", default="", help=f"comma-separated grid points to run: {', '.join(POINTS)}")
     p.add_argument("--table", action="store_true", help="only rewrite the table from existing results")
     p.add_argument("--freeze", action="store_true", help="write the cheapest passing point to configs/world/demo.yaml")
+    p.add_argument("--freeze-point", default="", help="freeze this complete point even if it does not pass "
+                   "(recorded as such in the frozen file)")
     p.add_argument("--force", action="store_true", help="freeze even if results/medsafetyworld exists")
+    p.add_argument("--seeds", default="", help="comma-separated subset of the calibration seeds (probing)")
+    p.add_argument("--variants", default="", help="comma-separated subset of filter,rewrite,reflect (probing)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     a = p.parse_args(argv)
@@ -172,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown point {name!r}; known: {list(POINTS)}", file=sys.stderr)
             return 2
         cfg = dataclasses.replace(point_config(name, a.threads), jobs=a.jobs)
+        if a.seeds:
+            cfg = dataclasses.replace(cfg, seeds=tuple(int(x) for x in a.seeds.split(",")))
+        if a.variants:
+            cfg = dataclasses.replace(cfg, variants=tuple(a.variants.split(",")))
         start = time.time()
         run_experiment(cfg, log=lambda m, s=start, n=name: print(f"[{n} {time.time() - s:6.0f}s] {m}", flush=True))
     results = [r for r in (evaluate_point(n) for n in POINTS) if r is not None]
@@ -184,10 +206,17 @@ def main(argv: list[str] | None = None) -> int:
                 table += "\n" + (sensitivity(r["name"], n) or "")
     (OUT / "table.md").write_text(table)
     print(table)
-    if a.freeze:
-        passing = sorted((r for r in results if r["passes"]), key=lambda r: r["flops"])
+    if a.freeze or a.freeze_point:
+        if a.freeze_point:
+            passing = [r for r in results if r["name"] == a.freeze_point and r["complete"]]
+            if not passing:
+                print(f"error: point {a.freeze_point!r} has not run on every calibration seed", file=sys.stderr)
+                return 1
+        else:
+            passing = sorted((r for r in results if r["passes"]), key=lambda r: r["flops"])
         if not passing:
-            print("no configuration passes the gates yet: nothing frozen", file=sys.stderr)
+            print("no configuration passes the gates yet: nothing frozen (--freeze-point NAME freezes one anyway)",
+                  file=sys.stderr)
             return 1
         if (ROOT / "results" / "medsafetyworld").exists() and not a.force:
             print("results/medsafetyworld exists: a test run has started; refusing to re-freeze (--force)",
@@ -200,13 +229,17 @@ def main(argv: list[str] | None = None) -> int:
 
         frozen = json.loads(json.dumps(to_dict(point_config(best["name"]))))
         keep = {k: frozen[k] for k in ("world", "variant", "model", "pretrain", "sft", "eval")}
+        failed = [g for g, c in best["gate_counts"].items() if c < PASS_SEEDS]
         keep["calibration"] = {"point": best["name"], "seeds": best["seeds"], "gate_counts": best["gate_counts"],
+                               "passes": best["passes"], "failed_gates": failed,
                                "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         keep["world"].pop("seed", None)
         FROZEN.parent.mkdir(parents=True, exist_ok=True)
-        FROZEN.write_text("# Frozen by tools/calibrate_world.py --freeze (calibration seeds 100-104) before any "
-                          "test seed ran.\n" + yaml.safe_dump(keep, sort_keys=False))
-        print(f"froze {best['name']} -> {FROZEN}")
+        FROZEN.write_text("# Frozen by tools/calibrate_world.py before any test seed ran (calibration seeds "
+                          "100-104).\n" + ("" if best["passes"] else
+                                           f"# This point did NOT pass the gates: {', '.join(failed)} held on fewer "
+                                           f"than {PASS_SEEDS} of 5 seeds.\n") + yaml.safe_dump(keep, sort_keys=False))
+        print(f"froze {best['name']} -> {FROZEN}" + ("" if best["passes"] else f" (failed gates: {failed})"))
     return 0
 
 

@@ -28,18 +28,31 @@ FROZEN = ROOT / "configs" / "world" / "demo.yaml"
 
 
 def load_frozen(path: Path):
-    """The experiment config: defaults, then the frozen calibration choice (a YAML mapping)."""
+    """(experiment config: defaults, then the frozen calibration choice (a YAML mapping); the
+    calibration provenance recorded in the file, {} if none)."""
     import yaml
 
     from megatron_reflect.config import merge
     from megatron_reflect.world.experiment import ExperimentConfig
 
-    cfg = ExperimentConfig()
+    cfg, provenance = ExperimentConfig(), {}
     if path.is_file():
         data = yaml.safe_load(path.read_text()) or {}
-        data.pop("calibration", None)  # provenance, not a field
+        provenance = data.pop("calibration", None) or {}  # provenance, not a field
         cfg = merge(cfg, data, where=str(path))
-    return cfg
+    return cfg, provenance
+
+
+def provenance_line(provenance: dict) -> str:
+    if not provenance:
+        return "configuration: built-in defaults (no frozen calibration file)"
+    line = f"configuration: calibration point {provenance.get('point')!r} frozen {provenance.get('frozen_at', '?')}"
+    if provenance.get("passes") is False:
+        counts = provenance.get("gate_counts", {})
+        line += (f"; it did NOT pass calibration gates {', '.join(provenance.get('failed_gates', []))} "
+                 f"(seeds passing: {', '.join(f'{g} {c}/5' for g, c in counts.items())}), so the test below "
+                 "runs where the monitor's transfer to traps is known to be unreliable")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_reflect.world.experiment import quick_experiment, run_experiment
 
     out = args.out or ("results/medsafetyworld-quick" if args.quick else "results/medsafetyworld")
+    provenance: dict = {}
     try:
-        cfg = quick_experiment(out) if args.quick else dataclasses.replace(load_frozen(Path(args.config)), out_dir=out)
+        if args.quick:
+            cfg = quick_experiment(out)
+        else:
+            cfg, provenance = load_frozen(Path(args.config))
+            cfg = dataclasses.replace(cfg, out_dir=out)
     except ReflectError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -88,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(open(f"{out}/table.md", encoding="utf-8").read())
     print(summary["sentence"])
+    if not args.quick:
+        print(provenance_line(provenance))
     print(f"total wall time: {time.time() - start:.0f} s")
     return 0
 

@@ -62,6 +62,7 @@ class PretrainConfig:
     min_lr: float = 3e-4
     warmup_steps: int = 30
     decay_fraction: float = 0.2
+    weight_decay: float = 0.01
     mask_cut_reflections: bool = True  # whole-note packing: no verdict without its note's start
 
     @property
@@ -146,7 +147,7 @@ def train_config(cfg: ExperimentConfig, seed: int, variant: str):
         data=DataConfig(blend=[str(data_dir(cfg, seed) / variant / "data")], split="100,0,0",
                         seq_length=p.seq_length, seed=1234 + seed, cache_dir=str(d / "index_cache"),
                         mask_cut_reflections=p.mask_cut_reflections),
-        optim=OptimConfig(lr=p.lr, min_lr=p.min_lr, weight_decay=0.01, clip_grad=1.0),
+        optim=OptimConfig(lr=p.lr, min_lr=p.min_lr, weight_decay=p.weight_decay, clip_grad=1.0),
         schedule=ScheduleConfig(train_steps=p.train_steps, micro_batch_size=p.batch_size,
                                 global_batch_size=p.batch_size, warmup_steps=p.warmup_steps, lr_schedule="wsd",
                                 decay_fraction=p.decay_fraction, eval_interval=0),
