@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, variants=tuple(a.variants.split(",")))
         start = time.time()
         run_experiment(cfg, log=lambda m, s=start, n=name: print(f"[{n} {time.time() - s:6.0f}s] {m}", flush=True))
-    results = [r for r in (evaluate_point(n) for n in POINTS) if r is not None]
+    # points with no seed complete (a probe stopped early) have nothing to report
+    results = [r for r in (evaluate_point(n) for n in POINTS) if r is not None and r["seeds"]]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "calibration.json").write_text(json.dumps(results, indent=1))
     table = write_table(results)
