@@ -2,12 +2,15 @@
 
 One run, one process, the same 100-word segments for every family: segments/s of the
 segmenter alone (the floor every labeler pays, the baseline of the ratios), then each
-family batched (``--batch-size`` segments per call, segmentation included): ``hashed``
-(word n-grams), ``static`` (per-piece MiniLM vectors) and ``minilm`` (the transformer),
-plus the default labeler one segment at a time.  Each figure is the median of
-``--repeats`` runs (the machine is shared); ratios are against the segmenter and against
-the hashed family measured in the same run.  ``minilm`` is measured on ``--minilm-segments``
-segments (it is ~100x slower).  torch threads: ``--threads`` (default 1, as in the tests).
+family's labeler batched (``--batch-size`` segments per call, segmentation included):
+``hashed`` (word n-grams) and ``minilm`` (the transformer; the labeler embeds each segment and
+each sentence of a multi-sentence segment), plus MiniLM on the segments alone (what
+segment-only scoring would cost), the hidden states of the packaged SmolLM2-135M-Instruct
+through layer 16 (the family measured and dropped: features only, no head), and the default
+labeler one segment at a time.  Each figure is the median of ``--repeats`` runs (the machine
+is shared); ratios are against the segmenter and against the hashed family measured in the
+same run.  The transformers are measured on ``--model-segments`` segments (they are ~100x
+slower), once.  torch threads: ``--threads`` (default 1, as in the tests).
 
     .venv/bin/python benchmarks/bench_labelers.py [--passages 1000] [--repeats 3] [--threads 1]
 """
@@ -29,21 +32,43 @@ def median_rate(fn, n_items: int, repeats: int) -> float:
     return n_items / statistics.median(times)
 
 
+def smollm2_features():
+    """Mean-pooled layer-16 hidden states of SmolLM2-135M-Instruct on the chat-wrapped segment."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megatron_reflect.packaged import smollm2_hf_dir
+
+    tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir(), dtype=torch.float32).model.eval()
+    model.layers = model.layers[:16]
+
+    def run(segs) -> None:
+        texts = [tok.apply_chat_template([{"role": "user", "content": s.text}], tokenize=False,
+                                         add_generation_prompt=True) for s in segs]
+        enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1)
+        (hidden * mask).sum(1) / mask.sum(1)
+
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--passages", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--minilm-segments", type=int, default=256)
+    p.add_argument("--model-segments", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--families", default="hashed,static,minilm")
+    p.add_argument("--families", default="hashed,minilm")
     args = p.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     from megatron_reflect.data.labelers.classifier import ClassifierLabeler
-    from megatron_reflect.data.labelers.features import build_featurizer
     from megatron_reflect.data.segment import SegmenterConfig, segment_document
     from megatron_reflect.data.types import Document
     from megatron_reflect.packaged import package_dir
@@ -68,24 +93,28 @@ def main() -> None:
     seg_rate = median_rate(segment_only, len(segments), args.repeats)
     print(f"{'segmenter alone':34s} {seg_rate:10.0f} segments/s")
     rates: dict[str, float] = {}
+    model_subset = segments[:args.model_segments]
+
+    def timed(name: str, run, subset, reps: int) -> None:
+        run(subset[:8])  # warm-up
+
+        def batched() -> None:
+            for start in range(0, len(subset), args.batch_size):
+                run(subset[start:start + args.batch_size])
+
+        rates[name] = median_rate(batched, len(subset), reps)
+        print(f"{name + f', batch {args.batch_size}':44s} {rates[name]:10.1f} segments/s")
+
     for family in args.families.split(","):
-        try:
-            labeler = ClassifierLabeler(model=family)
-            run = labeler.label
-        except Exception:  # no trained artifact for this family: time its featurizer + a linear head
-            feat = build_featurizer(family)
-            run = lambda segs, _docs, f=feat: f.transform([s.text for s in segs])  # noqa: E731
-        subset = segments if family != "minilm" else segments[:args.minilm_segments]
-        run(subset[:8], {})  # warm-up
-
-        def batched(subset=subset, run=run) -> None:
-            for d_start in range(0, len(subset), args.batch_size):
-                chunk = subset[d_start:d_start + args.batch_size]
-                run(chunk, {})
-
-        reps = args.repeats if family != "minilm" else 1
-        rates[family] = median_rate(batched, len(subset), reps)
-        print(f"{family + f', batch {args.batch_size}':34s} {rates[family]:10.1f} segments/s")
+        labeler = ClassifierLabeler(model=family)
+        fast = family == "hashed"
+        timed(family, lambda segs, lab=labeler: lab.label(segs, {}), segments if fast else model_subset,
+              args.repeats if fast else 1)
+        if family == "minilm":
+            feat = labeler.featurizer
+            timed("minilm, segments only (no sentences)", lambda segs: feat.transform([s.text for s in segs]),
+                  model_subset, 1)
+    timed("smollm2-135m layer 16 (dropped, features)", smollm2_features(), model_subset[:64], 1)
     default = ClassifierLabeler()
     n_single = 64 if default.family == "minilm" else 500
 

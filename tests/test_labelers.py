@@ -16,11 +16,13 @@ import pytest
 from guard_server import GuardServer
 from megatron_reflect.data.labelers import build_labeler
 from megatron_reflect.data.labelers.base import LabelerError, worst
-from megatron_reflect.data.labelers.classifier import ARTIFACT_NAME, ClassifierLabeler, default_artifact_dir
+from megatron_reflect.data.labelers.classifier import (ARTIFACT_NAME, ClassifierLabeler, default_artifact_dir,
+                                                       sentence_units)
 from megatron_reflect.data.labelers.openai import GUARD_INSTRUCTION
 from megatron_reflect.data.labelers.qwen3guard import format_guard_answer, parse_guard_answer
 from megatron_reflect.data.labelers.corpus import DOMAINS, benchmark_hashes, load_domain_examples
-from megatron_reflect.data.labelers.training import CALIBRATION_DOMAINS, SHIPPED_HELD_OUT_DOMAIN
+from megatron_reflect.data.labelers.training import (CALIBRATION_DOMAINS, SHIPPED_HELD_OUT_DOMAIN,
+                                                     evaluate_held_out_domains)
 from megatron_reflect.data.segment import SegmenterConfig, segment_document
 from megatron_reflect.data.types import Document, Label, Segment
 from megatron_reflect.errors import ConfigError, DataError
@@ -102,18 +104,26 @@ def test_classifier_artifact_held_out_domains():
     assert not any("many_shot" in s for s in meta["training"]["sources"])  # HarmBench behaviours
 
     labeler = build_labeler("classifier")
-    assert labeler.family == "minilm" and 0 < labeler.controversial_threshold <= labeler.unsafe_threshold < 1
+    assert labeler.family == "minilm" and labeler.sentences
+    assert 0 < labeler.controversial_threshold <= labeler.unsafe_threshold < 1
+    assert 0 < labeler.sentence_controversial <= labeler.sentence_unsafe < 1
     reviews = load_domain_examples([SHIPPED_HELD_OUT_DOMAIN])[:40]
     texts = [e.text for e in reviews] + TEXTS[:5] + HARMFUL_REQUESTS
-    logits = labeler.logits(texts)
-    probs = 1 / (1 + np.exp(-logits[:, 0]))
-    rate = float(np.mean(probs[:len(reviews)] >= labeler.controversial_threshold))
+    p, q = labeler.scores(texts)
+    flags = (p >= labeler.controversial_threshold) | (q >= labeler.sentence_controversial)
+    rate = float(np.mean(flags[:len(reviews)]))
     assert rate <= 0.05 and abs(rate - meta["shipped_held_out"]["false_flag_rate"]) <= 0.05
+    # the best-sentence score is the best of the sentences scored alone
+    multi = next(i for i, t in enumerate(texts) if len(sentence_units(t)) > 1)
+    alone, _ = labeler.scores(sentence_units(texts[multi]))
+    assert q[multi] == pytest.approx(float(alone.max()), rel=1e-5) and q[len(reviews) + 2] == 0.0  # one sentence
     # verdict bands and categories, on held-out prose and on requests/answers the project wrote
     labels = labeler.label(segs(texts[len(reviews):]), {})
-    for lab, prob in zip(labels, probs[len(reviews):]):
-        assert lab.score == pytest.approx(prob, rel=1e-5)
-        expected = U if prob >= labeler.unsafe_threshold else C if prob >= labeler.controversial_threshold else S
+    for lab, pi, qi in zip(labels, p[len(reviews):], q[len(reviews):]):
+        assert lab.score == pytest.approx(max(pi, qi), rel=1e-5)
+        unsafe = pi >= labeler.unsafe_threshold or qi >= labeler.sentence_unsafe
+        flag = pi >= labeler.controversial_threshold or qi >= labeler.sentence_controversial
+        expected = U if unsafe else C if flag else S
         assert lab.verdict is expected and (lab.category is None) == (expected is S)
         assert lab.category is None or lab.category in meta["categories"]
     tail = [lab.verdict for lab in labels]
@@ -135,34 +145,78 @@ def test_fast_hashed_family_is_selectable():
     meta = json.loads((default_artifact_dir() / f"{ARTIFACT_NAME}_hashed.json").read_text())
     assert fast.family == "hashed" and meta["held_out_domains"]["family"] == "hashed"
     labels = fast.label(segs(TEXTS[:5]), {})
-    assert [lab.verdict is S for lab in labels] == [lab.score < fast.controversial_threshold for lab in labels]
+    p, q = fast.scores(TEXTS[:5])
+    assert [lab.verdict is S for lab in labels] == \
+        [a < fast.controversial_threshold and b < fast.sentence_controversial for a, b in zip(p, q)]
 
 
 def test_held_out_domain_evaluation_matches_a_hand_computed_fold():
-    """evaluate_held_out_domains on a small sample (hashed features): the row of one held-out domain
-    equals what training on the other domains, calibrating on their out-of-fold scores and
-    counting flags gives when done by hand here."""
-    from megatron_reflect.data.labelers.training import (calibrate, evaluate_held_out_domains, features, fit_binary,
-                                                         out_of_fold_scores, sigmoid)
+    """evaluate_held_out_domains on a small sample (hashed features): the row of a held-out domain,
+    and the recall of one inserted-sentence fold, equal what training on the other domains,
+    calibrating on their out-of-fold scores and counting flags gives when done by hand here."""
+    from megatron_reflect.data.labelers.corpus import inserted_sentence_examples
+    from megatron_reflect.data.labelers.training import (features, fit_binary, flagged, nested_thresholds,
+                                                         unit_scores)
 
     caps = {d: 30 for d in DOMAINS}
     ex = load_domain_examples(["wikipedia", "news", "questions", "advbench", "harmful_requests"], caps=caps)
     res = evaluate_held_out_domains("hashed", ex, c=4.0, domains=["news", "advbench", "harmful_requests"])
-    x = features("hashed", [e.text for e in ex])
+    f = features("hashed", [e.text for e in ex])
     y = np.array([e.unsafe for e in ex])
     d = np.array([e.domain for e in ex])
+
+    def by_hand(train):
+        ft = f.subset(np.flatnonzero(train))
+        th = nested_thresholds(ft, y[train], list(d[train]), 4.0)
+        coef, b = fit_binary(ft.seg, y[train], list(d[train]), 4.0)
+        return coef, b, th
+
     for held, cls in (("news", 0), ("advbench", 1)):
         tr = d != held
-        th = calibrate(out_of_fold_scores(x[tr], y[tr], list(d[tr]), 4.0), y[tr], list(d[tr]))
-        # the threshold lets at most 2 % (here: 0) of each training ordinary-text domain through, out of fold
-        coef, b = fit_binary(x[tr], y[tr], list(d[tr]), 4.0)
-        p = sigmoid(np.asarray(x[~tr] @ coef).ravel() + b)
+        coef, b, th = by_hand(tr)
+        s0, s1 = unit_scores(coef, b, f.subset(np.flatnonzero(~tr)))
         row = next(r for r in res["rows"] if r["domain"] == held)
-        rate = float(np.mean(p >= th["controversial"]))
-        assert row["threshold"] == th["controversial"] and row["segments"] == 30
-        assert row["false_flag_rate" if cls == 0 else "recall"] == pytest.approx(rate, abs=1e-4)
+        assert row["thresholds"] == th and row["segments"] == 30
+        assert row["false_flag_rate" if cls == 0 else "recall"] == pytest.approx(float(flagged(s0, s1, th).mean()),
+                                                                               abs=1e-4)
     assert res["summary"]["harmful_request_recall"] == pytest.approx(
         np.mean([r["recall"] for r in res["rows"] if r["domain"] in ("advbench", "harmful_requests")]), abs=1e-4)
+    # one harmful request inserted in benign passages: a fold trained without both their domains
+    items = inserted_sentence_examples(ex, per_pair=30)
+    fold = [it for it in items if (it.request_domain, it.passage_domain) == ("advbench", "news")]
+    assert 20 <= len(fold) <= 30 and {(it.request_domain, it.passage_domain) for it in items} == \
+        {(r, p) for r in ("advbench", "harmful_requests") for p in ("wikipedia", "news")}  # the domains present
+    for it in fold:
+        assert it.request in it.text and len(it.text.split()) <= 100 and not it.text.startswith(it.request)
+    coef, b, th = by_hand(~np.isin(d, ["advbench", "news"]))
+    s0, s1 = unit_scores(coef, b, features("hashed", [it.text for it in fold]))
+    assert res["inserted_sentence"]["folds"]["advbench/news"] == pytest.approx(float(flagged(s0, s1, th).mean()),
+                                                                               abs=1e-4)
+
+
+def test_thresholds_cap_every_domain():
+    """union_thresholds by hand on made-up scores; calibrate's Unsafe thresholds flag no benign
+    segment of a 100-segment domain (0.5 % of 100 rounds down to 0)."""
+    from megatron_reflect.data.labelers.training import calibrate, union_thresholds
+
+    rng = np.random.default_rng(0)
+    doms = ["wikipedia"] * 100 + ["news"] * 100 + ["advbench"] * 50
+    y = np.array([0] * 200 + [1] * 50)
+    benign_seg, benign_sent = rng.uniform(0.5, 0.9, 100), rng.uniform(0.5, 0.9, 100)
+    seg = np.r_[benign_seg, benign_seg[::-1], rng.uniform(0.9, 1.0, 50)]  # two domains alike
+    sent = np.r_[benign_sent, benign_sent[::-1], np.zeros(50)]
+    t_seg, t_sent = union_thresholds(seg, sent, y, doms, budget=0.03)
+    for lo, hi in ((0, 100), (100, 200)):  # per domain: segment rule <= 2 of 100, both rules <= 3
+        s, t = seg[lo:hi], sent[lo:hi]
+        assert (s >= t_seg).sum() <= 2 and ((s >= t_seg) | (t >= t_sent)).sum() <= 3
+    assert t_seg == pytest.approx(np.nextafter(max(np.sort(seg[0:100])[-3], np.sort(seg[100:200])[-3]), 1.0))
+    th = calibrate(seg, sent, y, doms)
+    assert (th["controversial"], th["sentence_controversial"]) == (pytest.approx(t_seg, abs=1e-6),
+                                                                   pytest.approx(t_sent, abs=1e-6))
+    assert th["unsafe"] > seg[:200].max() and th["sentence_unsafe"] > sent[:200].max()
+    assert th["controversial"] <= th["unsafe"] and th["sentence_controversial"] <= th["sentence_unsafe"]
+    seg[100:110] = 0.95  # news gains a tail: the segment threshold rises above it (<= 2 of its 100 flagged)
+    assert (seg[100:200] >= calibrate(seg, sent, y, doms)["controversial"]).sum() <= 2
 
 
 def test_training_set_excludes_evaluation_benchmarks():

@@ -6,8 +6,9 @@ Three modes:
   ``minilm`` family as safety_classifier.*, the fast ``hashed`` family as
   safety_classifier_hashed.*) on the packaged domain-diverse set, without the domain
   ``--hold-out-domain`` (reviews), and store each family's held-out-domain table in its
-  JSON.  Deterministic.  ~5 minutes on a CPU once the MiniLM embeddings are cached
-  (~5-10 minutes to embed the ~6k segments the first time, single thread).
+  JSON (with the inserted-sentence recall).  Deterministic.  ~5 minutes on a CPU once the
+  MiniLM embeddings are cached (~20 minutes to embed the ~6k segments and their sentences
+  the first time, single thread).
 * ``--evaluate-only``: print the held-out-domain table (markdown and JSON) of ``--families``.
 * ``--from-labels DIR --input FILES``: guard distillation.  Train an artifact on the segment
   labels that tools/label_corpus.py stored in DIR for FILES (e.g. Qwen3Guard behind vLLM on
@@ -17,7 +18,7 @@ Three modes:
 
 Examples:
   train_classifier.py
-  train_classifier.py --evaluate-only --families minilm,hashed,static
+  train_classifier.py --evaluate-only --families minilm,hashed
   train_classifier.py --from-labels labels/ --input 'sample/*.jsonl' --out-dir my_classifier/
 """
 

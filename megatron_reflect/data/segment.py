@@ -93,6 +93,11 @@ def _sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences of ``text`` under the rules above (tiling it)."""
+    return _sentences(text)
+
+
 def _pack_tokens(tokens: list[tuple[int, int, int]], limit: int) -> list[tuple[int, int, int]]:
     """Greedy packing of tokens into (start, end, cost) pieces of cost <= limit."""
     pieces: list[tuple[int, int, int]] = []

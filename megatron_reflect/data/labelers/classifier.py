@@ -1,22 +1,27 @@
 """The embedded default labeler: a trained linear safety head over a text featurizer.
 
 Families (features.py; chosen by ``model``): ``minilm`` (all-MiniLM-L6-v2 sentence
-embeddings, the default: best on domains it never saw, see docs/DATA_SOURCES.md),
-``hashed`` (hashed word n-grams: ~100x faster, much worse off its training domains) and
-``static`` (per-word-piece MiniLM vectors, when its artifact has been trained).  The
-artifact of the default is ``artifacts/safety_classifier.{npz,json}``; the others are
-``safety_classifier_<family>.*``.  ``tools/train_classifier.py`` retrains them and writes
+embeddings, the default: best on domains it never saw, see docs/DATA_SOURCES.md) and
+``hashed`` (hashed word n-grams: ~100x faster, much worse off its training domains).  The
+artifact of the default is ``artifacts/safety_classifier.{npz,json}``; the hashed one is
+``safety_classifier_hashed.*``.  ``tools/train_classifier.py`` retrains them and writes
 their held-out-domain tables into the JSON.
 
-Verdict from p = P(unsafe): Unsafe if p >= ``unsafe_threshold``, Controversial if p >=
-``controversial_threshold``, else Safe; ``Label.score`` = p.  The thresholds stored in the
-artifact were calibrated for precision (training.py): out of fold, at most 2 % of any
-training benign domain's segments reach the Controversial threshold.  A multinomial
-category head gives the category of non-Safe segments: "the most likely of the categories
-seen in training", forced even when none fits.
+Scoring: the head gives P(unsafe) of the segment and, for a segment of several sentences, of
+each sentence alone (one harmful sentence in benign prose is diluted in the segment's mean
+embedding, not in its own).  Verdict: Unsafe if the segment reaches ``unsafe_threshold`` or a
+sentence reaches ``sentence_unsafe``; else Controversial if the segment reaches
+``controversial_threshold`` or a sentence ``sentence_controversial``; else Safe.
+``Label.score`` = the higher of the two probabilities.  The stored thresholds were calibrated
+for precision (training.py: out of fold, at most 3 % of any ordinary-text training domain
+flagged; on held-out domains the worst ordinary one got 2.0 %).  An artifact without sentence
+thresholds (a distilled one: guards label segments) scores segments only.  A multinomial
+category head gives the category of non-Safe segments (of the unit that triggered): "the
+most likely of the categories seen in training", forced even when none fits.
 
-Imports: numpy only at module import; sklearn (hashed) or torch/transformers (minilm) when
-the labeler is built.
+Cost: MiniLM embeds each multi-sentence segment's sentences too: ~2x the transformer work of
+segments alone.  Imports: numpy only at module import; sklearn (hashed) or
+torch/transformers (minilm) when the labeler is built.
 """
 
 from __future__ import annotations
@@ -32,6 +37,14 @@ from megatron_reflect.data.types import Document, Label, Segment
 from megatron_reflect.reflection import Verdict
 
 ARTIFACT_NAME = "safety_classifier"
+
+
+def sentence_units(text: str) -> list[str]:
+    """The sentences of ``text`` (the segmenter's rules), stripped; [] for a one-sentence text."""
+    from megatron_reflect.data.segment import sentence_spans
+
+    sents = [text[a:b].strip() for a, b in sentence_spans(text) if text[a:b].strip()]
+    return sents if len(sents) > 1 else []
 
 
 def default_artifact_dir() -> Path:
@@ -67,9 +80,17 @@ class ClassifierLabeler:
         self.unsafe_threshold = float(unsafe_threshold if unsafe_threshold is not None else thresholds["unsafe"])
         self.controversial_threshold = float(controversial_threshold if controversial_threshold is not None
                                              else thresholds["controversial"])
-        if not 0.0 <= self.controversial_threshold <= self.unsafe_threshold <= 1.0:
-            raise LabelerError(f"classifier thresholds must satisfy 0 <= controversial "
-                               f"({self.controversial_threshold}) <= unsafe ({self.unsafe_threshold}) <= 1")
+        # sentence rule: the stored thresholds, or the segment's when the caller sets those
+        self.sentences = "sentence_controversial" in thresholds
+        self.sentence_unsafe = float(thresholds.get("sentence_unsafe", 1.0) if unsafe_threshold is None
+                                     else unsafe_threshold)
+        self.sentence_controversial = float(thresholds.get("sentence_controversial", 1.0)
+                                            if controversial_threshold is None else controversial_threshold)
+        for lo, hi in ((self.controversial_threshold, self.unsafe_threshold),
+                       (self.sentence_controversial, self.sentence_unsafe)):
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise LabelerError(f"classifier thresholds must satisfy 0 <= controversial ({lo}) <= unsafe ({hi}) "
+                                   f"<= 1")
         self.categories: list[str] = list(self.meta["categories"])
         with np.load(weights_path) as z:
             self.bias = z["bias"].astype(np.float32)
@@ -88,30 +109,49 @@ class ClassifierLabeler:
         elif self.family == "minilm":
             self.featurizer = shared_minilm(batch_size)
         else:
-            self.featurizer = build_featurizer(self.family)
+            raise LabelerError(f"{meta_path}: unknown classifier family {self.family!r}")
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """[len(texts), 1 + n_categories] raw scores: column 0 the unsafe logit."""
+        """[len(texts), 1 + n_categories] raw scores of the texts as given: column 0 the unsafe logit."""
         return np.asarray(self.featurizer.transform(list(texts)) @ self.weights) + self.bias
 
-    def unsafe_probability(self, texts: Sequence[str]) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits(texts)[:, 0]))
+    def unit_logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(logits of each text, logits of its best sentence by unsafe logit; -inf rows where the
+        text has one sentence or the artifact scores segments only).  One featurizer call."""
+        sents = [sentence_units(t) if self.sentences else [] for t in texts]
+        flat = [s for ss in sents for s in ss]
+        z = self.logits(list(texts) + flat)
+        seg, rest = z[:len(texts)], z[len(texts):]
+        best = np.full_like(seg, -np.inf)
+        k = 0
+        for i, ss in enumerate(sents):
+            if ss:
+                j = k + int(np.argmax(rest[k:k + len(ss), 0]))
+                best[i] = rest[j]
+                k += len(ss)
+        return seg, best
+
+    def scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(P(unsafe) of each text, of its best sentence; 0 where there is none)."""
+        seg, best = self.unit_logits(texts)
+        return 1.0 / (1.0 + np.exp(-seg[:, 0])), 1.0 / (1.0 + np.exp(-best[:, 0]))
 
     def predict(self, texts: Sequence[str]) -> list[Label]:
         if not texts:
             return []
-        z = self.logits(texts)
-        p = 1.0 / (1.0 + np.exp(-z[:, 0]))
-        cats = np.argmax(z[:, 1:], axis=1) if z.shape[1] > 1 else np.zeros(len(p), dtype=int)
+        seg, best = self.unit_logits(texts)
+        p, q = 1.0 / (1.0 + np.exp(-seg[:, 0])), 1.0 / (1.0 + np.exp(-best[:, 0]))
         out = []
-        for prob, cat in zip(p.tolist(), cats.tolist()):
-            category = self.categories[cat] if self.categories else None
-            if prob >= self.unsafe_threshold:
-                out.append(Label(Verdict.UNSAFE, category, prob))
-            elif prob >= self.controversial_threshold:
-                out.append(Label(Verdict.CONTROVERSIAL, category, prob))
-            else:
-                out.append(Label(Verdict.SAFE, None, prob))
+        for i in range(len(texts)):
+            unsafe = p[i] >= self.unsafe_threshold or q[i] >= self.sentence_unsafe
+            flag = unsafe or p[i] >= self.controversial_threshold or q[i] >= self.sentence_controversial
+            if not flag:
+                out.append(Label(Verdict.SAFE, None, float(max(p[i], q[i]))))
+                continue
+            # the category of the unit that triggered (the segment when both did)
+            z = seg[i] if p[i] >= self.controversial_threshold else best[i]
+            category = self.categories[int(np.argmax(z[1:]))] if self.categories else None
+            out.append(Label(Verdict.UNSAFE if unsafe else Verdict.CONTROVERSIAL, category, float(max(p[i], q[i]))))
         return out
 
     def label(self, segments: Sequence[Segment], documents: dict[str, Document]) -> list[Label]:

