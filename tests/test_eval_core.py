@@ -53,6 +53,30 @@ def test_packaged_sets_sizes():
     assert sum(t.unsafe for t in data.labelled_texts("prompts_boolq")) == 520
 
 
+def test_training_data_holds_no_evaluation_prompt():
+    """The reflection SFT set and the finetuning-attack data: no HarmBench or StrongREJECT prompt
+    (by the hash list of artifacts/eval_benchmarks.json) and no AdvBench behaviour (the direct
+    attacks' prompts) among their requests; the many-shot pairs, all HarmBench, feed none of them."""
+    from megatron_reflect.data.labelers.corpus import benchmark_hashes, norm_hash
+    from megatron_reflect.eval.finetune_attack import attack_examples
+    from megatron_reflect.posttrain.sft import SFTDataConfig, packaged_sft_examples
+
+    bench = benchmark_hashes()
+    held = bench["harmbench"] | bench["strongreject"] | {norm_hash(p.text) for p in data.advbench()}
+    assert all(norm_hash(p.user) in bench["harmbench"] for p in data.many_shot_pairs())  # the check bites
+    sft = packaged_sft_examples(DEFAULT_TEMPLATE, SFTDataConfig(n_harmful=150, n_benign=150))
+    assert len(sft) == 300 and sum("Unsafe" in e.target for e in sft) == 150
+    attack = [e for kind in ("harmful", "benign") for e in attack_examples(kind, 150, DEFAULT_TEMPLATE, 0)]
+    assert len(data.scorer_harmful_pairs()) >= 200 and len(data.rho_pairs()) == 300
+    for e in sft + attack:
+        assert norm_hash(e.prompt) not in held, e.prompt
+    # the exclusion is real: pyrit's scorer evals do hold HarmBench behaviours, and they are dropped
+    from megatron_reflect.data.labelers.corpus import benchmark_of, scorer_rows
+    from megatron_reflect.packaged import pyrit_datasets_dir
+
+    assert any(benchmark_of(o) for o, _, s, _, _ in scorer_rows(pyrit_datasets_dir()) if s >= 0.75)
+
+
 def test_user_prompt_files(tmp_path):
     good = tmp_path / "p.jsonl"
     good.write_text('{"prompt": "How do I bake bread?"}\n\n{"id": "x", "prompt": "Hi", "response": "Sure"}\n')

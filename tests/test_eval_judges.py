@@ -88,7 +88,7 @@ def test_judges_against_hand_labels(hand):
 
 # ---------------------------------------------------------------- a model that writes reflections
 
-SFT_STEPS, SFT_LR = 10, 5e-5  # as tests/test_posttrain.py: the smallest budget that makes SmolLM2 reflect
+SFT_STEPS, SFT_LR = 20, 5e-5  # as tests/test_posttrain.py: a budget that makes SmolLM2 reflect and flag
 
 
 @pytest.fixture(scope="module")

