@@ -50,8 +50,8 @@ def provenance_line(provenance: dict) -> str:
     if provenance.get("passes") is False:
         counts = provenance.get("gate_counts", {})
         line += (f"; it did NOT pass calibration gates {', '.join(provenance.get('failed_gates', []))} "
-                 f"(seeds passing: {', '.join(f'{g} {c}/5' for g, c in counts.items())}), so the test below "
-                 "runs where the monitor's transfer to traps is known to be unreliable")
+                 f"(seeds passing: {', '.join(f'{g} {c}/5' for g, c in counts.items())}), so this test ran where "
+                 "the monitor's transfer to traps was known to be unreliable")
     return line
 
 
