@@ -93,9 +93,9 @@ def _sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the sentences of ``text`` under the rules above (tiling it)."""
-    return _sentences(text)
+def sentences(text: str) -> list[str]:
+    """The non-blank sentences of ``text`` under the rules above, stripped."""
+    return [text[a:b].strip() for a, b in _sentences(text) if text[a:b].strip()]
 
 
 def _pack_tokens(tokens: list[tuple[int, int, int]], limit: int) -> list[tuple[int, int, int]]:

@@ -41,9 +41,9 @@ ARTIFACT_NAME = "safety_classifier"
 
 def sentence_units(text: str) -> list[str]:
     """The sentences of ``text`` (the segmenter's rules), stripped; [] for a one-sentence text."""
-    from megatron_reflect.data.segment import sentence_spans
+    from megatron_reflect.data.segment import sentences
 
-    sents = [text[a:b].strip() for a, b in sentence_spans(text) if text[a:b].strip()]
+    sents = sentences(text)
     return sents if len(sents) > 1 else []
 
 

@@ -437,32 +437,28 @@ class InsertedExample:
     passage_domain: str
 
 
-def _sentence_list(text: str) -> list[str]:
-    from megatron_reflect.data.segment import sentence_spans
-
-    return [text[a:b].strip() for a, b in sentence_spans(text) if text[a:b].strip()]
-
-
 def inserted_sentence_examples(examples: Sequence[Example], per_pair: int = 30) -> list[InsertedExample]:
     """Segments of benign prose (>= 3 sentences) with one single-sentence harmful request (6-40
     words, a full stop added where it has none) inserted after a sentence that is not the last,
     trimmed from the end to <= SEGMENT_WORDS words: ``per_pair`` for each (request domain,
     passage domain) pair present in ``examples``.  Deterministic (hash order)."""
+    from megatron_reflect.data.segment import sentences
+
     out: list[InsertedExample] = []
     present = {e.domain for e in examples}
     for req_dom in (r for r in INSERT_REQUEST_DOMAINS if r in present):
-        requests = sorted((e.text for e in examples if e.domain == req_dom and len(_sentence_list(e.text)) == 1
+        requests = sorted((e.text for e in examples if e.domain == req_dom and len(sentences(e.text)) == 1
                            and 6 <= len(e.text.split()) <= 40), key=_order)
         if not requests:
             continue
         k = 0
         for pas_dom in (p for p in INSERT_PASSAGE_DOMAINS if p in present):
-            passages = [e.text for e in examples if e.domain == pas_dom and len(_sentence_list(e.text)) >= 3]
+            passages = [e.text for e in examples if e.domain == pas_dom and len(sentences(e.text)) >= 3]
             for passage in sorted(passages, key=lambda t: _order(t + req_dom))[:per_pair]:
                 request = requests[k % len(requests)]
                 k += 1
                 request = request if request[-1] in ".!?" else request + "."
-                sents = _sentence_list(passage)
+                sents = sentences(passage)
                 while sum(len(x.split()) for x in sents) + len(request.split()) > SEGMENT_WORDS and len(sents) > 2:
                     sents = sents[:-1]
                 at = 1 + _order(request) % (len(sents) - 1)
