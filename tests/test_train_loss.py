@@ -2,9 +2,11 @@
 
 A hand-built batch of 8 positions covers every metadata code: text, a masked text token,
 Safe / Unsafe / Controversial reflection tokens with and without the verdict flag.  The
-expected cross entropies are computed here with ``math`` from the raw logits; the loss
-is checked at reflection_loss_weight 1.0, 0.5 and 0.0, with its gradient, and at TP=2
-(vocabulary split over two ranks) where the same numbers must come out.
+per-token cross entropy comes from megatron's vocab-parallel cross entropy, the function
+GPTModel applies to its logits when given labels; the expected figures are computed here
+with ``math`` from the raw logits.  The loss is checked at reflection_loss_weight 1.0, 0.5
+and 0.0, with its gradient, and at TP=2 (vocabulary split over two ranks) where the same
+numbers must come out.
 """
 
 from __future__ import annotations
@@ -23,20 +25,23 @@ POSITIONS = [
     (3, 1.0, 0x00),  # text
     (5, 0.0, 0x00),  # text, masked out of the loss (e.g. EOD with eod_mask_loss)
     (1, 1.0, 0x01),  # "<think>" of a Safe reflection
-    (2, 1.0, 0x11),  # verdict word "Safe": logits make label 2 the argmax -> correct
-    (6, 1.0, 0x12),  # verdict word "Unsafe": label 6 is not the argmax -> wrong
+    (2, 1.0, 0x11),  # verdict word "Safe": label 2 gets more than half the probability -> correct
+    (6, 1.0, 0x12),  # verdict word "Unsafe": label 6 gets little probability -> wrong
     (4, 1.0, 0x02),  # rest of the Unsafe reflection
     (7, 1.0, 0x13),  # verdict word "Controversial": label 7 is the argmax -> correct
     (0, 1.0, 0x00),  # text
+    (5, 1.0, 0x11),  # verdict word "Safe": label 5 is the argmax but gets under half the probability -> wrong
 ]
 
 
 def _logits() -> list[list[float]]:
     g = torch.Generator().manual_seed(11)
     rows = torch.randn(len(POSITIONS), V, generator=g)
-    rows[3, 2] = 5.0   # Safe verdict: argmax == label
-    rows[4, 1] = 5.0   # Unsafe verdict: argmax (1) != label (6)
-    rows[6, 7] = 5.0   # Controversial verdict: argmax == label
+    rows[3, 2] = 5.0   # Safe verdict: p(label) > 1/2
+    rows[4, 1] = 5.0   # Unsafe verdict: the mass is on 1, not on the label 6
+    rows[6, 7] = 5.0   # Controversial verdict: p(label) > 1/2
+    rows[8] = 0.0
+    rows[8, 5] = 1.0   # Safe verdict whose label is the argmax, yet p(label) = e / (e + 7) < 1/2
     return rows.tolist()
 
 
@@ -60,7 +65,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _compute(weight: float, tp: int) -> dict:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state, tensor_parallel
 
     from megatron_reflect.runtime import init_runtime
     from megatron_reflect.train.step import LossConfig, reflection_loss
@@ -69,7 +74,8 @@ def _compute(weight: float, tp: int) -> dict:
     labels, mask, meta, logits = _batch()
     rank = parallel_state.get_tensor_model_parallel_rank()
     shard = logits.chunk(tp, dim=-1)[rank].clone().requires_grad_(True)
-    loss_sum, num_tokens, report = reflection_loss(LossConfig(reflection_loss_weight=weight), labels, mask, meta, shard)
+    per_token = tensor_parallel.vocab_parallel_cross_entropy(shard, labels)
+    loss_sum, num_tokens, report = reflection_loss(LossConfig(reflection_loss_weight=weight), per_token, mask, meta)
     loss_sum.backward()
     return {"loss_sum": float(loss_sum), "num_tokens": int(num_tokens), "grad": shard.grad[0].clone(),
             "report": {k: v.tolist() for k, v in report.items()}}
@@ -90,16 +96,16 @@ def test_loss_matches_hand_computation(cases, index: int) -> None:
     weight, _, got = cases[index]
     want = _hand(weight)
     assert got["loss_sum"] == pytest.approx(want["loss_sum"], abs=1e-5)
-    assert got["num_tokens"] == want["num_tokens"]  # 7 scored tokens at w > 0, the 2 text tokens at w = 0
+    assert got["num_tokens"] == want["num_tokens"]  # 8 scored tokens at w > 0, the 2 text tokens at w = 0
     r = got["report"]
     assert r["loss"] == pytest.approx([want["loss_sum"], want["num_tokens"]], abs=1e-5)
     # text and reflection losses are unweighted means, whatever the weight
     assert r["text_loss"][0] / r["text_loss"][1] == pytest.approx(want["text_loss"], abs=1e-6)
     assert r["text_loss"][1] == 2  # positions 0 and 7; position 1 is masked
     assert r["reflection_loss"][0] / r["reflection_loss"][1] == pytest.approx(want["reflection_loss"], abs=1e-6)
-    assert r["reflection_loss"][1] == 5
-    # verdict accuracy: Safe 1/1, Unsafe 0/1, Controversial 1/1
-    assert r["verdict_acc_safe"] == [1.0, 1.0]
+    assert r["reflection_loss"][1] == 6
+    # verdict accuracy: Safe 1/2, Unsafe 0/1, Controversial 1/1
+    assert r["verdict_acc_safe"] == [1.0, 2.0]
     assert r["verdict_acc_unsafe"] == [0.0, 1.0]
     assert r["verdict_acc_controversial"] == [1.0, 1.0]
 

@@ -88,6 +88,31 @@ def test_rerun_skips_every_completed_stage(quick) -> None:
         summary["aggregate"]["after"]["reflect"]["trap.U"]["values"]
 
 
+def test_compare_runs_reports_how_far_each_figure_moved(quick, tmp_path) -> None:
+    """tools/demo.py --compare: a run against itself is identical; against a copy where reflect's
+    trap U moved by 0.125, exactly that figure and the differences built on it move."""
+    from megatron_reflect.world.report import compare_runs
+
+    cfg, summary, _ = quick
+    out, other = Path(cfg.out_dir), tmp_path / "other"
+    for v in VARIANTS:
+        run = json.loads((out / "seed0" / v / "eval.json").read_text())
+        if v == "reflect":
+            run["metrics"]["trap.U"] += 0.125
+        (other / "seed0" / v).mkdir(parents=True)
+        (other / "seed0" / v / "eval.json").write_text(json.dumps(run))
+    same = compare_runs(out, out, [0], VARIANTS)
+    assert "| reflect trap.U | 0.000 | 0.000 | 1/1 |" in same and "| filter held_in.H | 0.000 | 0.000 | 1/1 |" in same
+    text = compare_runs(out, other, [0], VARIANTS, ("a", "b"))
+    assert "| reflect trap.U | 0.125 | 0.125 | 0/1 |" in text
+    assert "| reflect trap.U_rec | 0.000 | 0.000 | 1/1 |" in text and "| filter trap.U | 0.000 | 0.000 | 1/1 |" in text
+    u = {r["variant"]: r["metrics"]["trap.U"] for r in summary["runs"]}
+    dF, dR, dP = u["reflect"] - u["filter"], u["reflect"] - u["rewrite"], u["reflect_perm"] - u["filter"]
+    assert (f"| 0 | {dF:+.2f} | {dF + 0.125:+.2f} | {dR:+.2f} | {dR + 0.125:+.2f} | {dP:+.2f} | {dP:+.2f} |"
+            in text)
+    assert compare_runs(out, tmp_path / "missing", [0], VARIANTS) is None
+
+
 def test_rerunning_a_job_from_scratch_reproduces_its_figures_exactly(quick, tmp_path) -> None:
     cfg, _, _ = quick
     short = dataclasses.replace(cfg, attacks=False, pretrain=dataclasses.replace(cfg.pretrain, train_steps=40))

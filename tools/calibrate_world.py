@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,15 +74,15 @@ POINTS: dict[str, dict] = {
 }
 
 
-def point_config(name: str, threads: int = 1):
-    """The experiment of a grid point; with ``threads`` > 1 (the arithmetic-sensitivity rerun) its
-    results go to ``<name>-threads<n>``."""
+def point_config(name: str, cbwr: bool = False):
+    """The experiment of a grid point; with ``cbwr`` (the arithmetic-sensitivity rerun, under
+    ``MKL_CBWR=COMPATIBLE``) its results go to ``<name>-cbwr``."""
     from megatron_reflect.config import merge
     from megatron_reflect.world.experiment import CALIBRATION_SEEDS, ExperimentConfig, world_model
 
     over = json.loads(json.dumps(POINTS[name]))
-    out = OUT / (name if threads == 1 else f"{name}-threads{threads}")
-    cfg = ExperimentConfig(out_dir=str(out), seeds=CALIBRATION_SEEDS, variants=VARIANTS, name=name, threads=threads)
+    out = OUT / (f"{name}-cbwr" if cbwr else name)
+    cfg = ExperimentConfig(out_dir=str(out), seeds=CALIBRATION_SEEDS, variants=VARIANTS, name=name)
     if "model" in over:  # sizes go through world_model (heads, ffn follow the width)
         m = over.pop("model")
         cfg = dataclasses.replace(cfg, model=world_model(m["num_layers"], m["hidden_size"]))
@@ -145,28 +146,15 @@ def write_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sensitivity(name: str, threads: int) -> str | None:
-    """How much each figure moves when the same point is rerun with ``threads`` torch threads (a
-    different reduction order in matmuls and sums: this machine's proxy for another machine)."""
-    from megatron_reflect.world.report import by_seed, collect
+def sensitivity(name: str) -> str | None:
+    """How much each figure moves when the same point is rerun on another MKL code path
+    (``MKL_CBWR=COMPATIBLE``: other kernels, other rounding): this machine's proxy for another
+    machine, since two torch threads reproduce one bit for bit here."""
+    from megatron_reflect.world.report import compare_runs
 
-    one, many = point_config(name), point_config(name, threads)
-    a, b = by_seed(collect(one.out_dir, one.seeds, one.variants)), by_seed(collect(many.out_dir, many.seeds,
-                                                                                many.variants))
-    seeds = [s for s in one.seeds if s in a and s in b and all(v in a[s] and v in b[s] for v in VARIANTS)]
-    if not seeds:
-        return None
-    lines = [f"## Arithmetic sensitivity: {name}, 1 vs {threads} torch threads, seeds {seeds}", "",
-             "| figure | mean abs difference | max abs difference | identical runs |", "|---|---|---|---|"]
-    for v, k in [(v, k) for v in VARIANTS for k in ("trap.U", "trap.U_rec", "seen.U", "held_in.H")] + [
-            ("reflect", "probe.auroc"), ("reflect", "trap.withheld")]:
-        d = [abs(a[s][v][k] - b[s][v][k]) for s in seeds]
-        lines.append(f"| {v} {k} | {sum(d) / len(d):.3f} | {max(d):.3f} | {sum(x == 0 for x in d)}/{len(d)} |")
-    for name_d, other in (("dF", "filter"), ("dR", "rewrite")):
-        d = [abs((a[s]["reflect"]["trap.U"] - a[s][other]["trap.U"]) - (b[s]["reflect"]["trap.U"]
-                                                                         - b[s][other]["trap.U"])) for s in seeds]
-        lines.append(f"| {name_d} | {sum(d) / len(d):.3f} | {max(d):.3f} | {sum(x == 0 for x in d)}/{len(d)} |")
-    return "\n".join(lines) + "\n"
+    one, other = point_config(name), point_config(name, cbwr=True)
+    return compare_runs(one.out_dir, other.out_dir, one.seeds, one.variants,
+                        (f"{name}, default MKL", "MKL_CBWR=COMPATIBLE"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="", help="comma-separated subset of the calibration seeds (probing)")
     p.add_argument("--variants", default="", help="comma-separated subset of filter,rewrite,reflect (probing)")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--cbwr", action="store_true", help="rerun the points under MKL_CBWR=COMPATIBLE (another "
+                   "MKL code path; results in <point>-cbwr) to measure how much each figure moves")
     a = p.parse_args(argv)
 
     from megatron_reflect.world.experiment import run_experiment
@@ -189,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         if name not in POINTS:
             print(f"error: unknown point {name!r}; known: {list(POINTS)}", file=sys.stderr)
             return 2
-        cfg = dataclasses.replace(point_config(name, a.threads), jobs=a.jobs)
+        if a.cbwr:
+            os.environ["MKL_CBWR"] = "COMPATIBLE"  # read by MKL when the spawned workers load it
+        cfg = dataclasses.replace(point_config(name, a.cbwr), jobs=a.jobs)
         if a.seeds:
             cfg = dataclasses.replace(cfg, seeds=tuple(int(x) for x in a.seeds.split(",")))
         if a.variants:
@@ -202,9 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     (OUT / "calibration.json").write_text(json.dumps(results, indent=1))
     table = write_table(results)
     for r in results:
-        for n in (2, 4):
-            if (OUT / f"{r['name']}-threads{n}").is_dir():
-                table += "\n" + (sensitivity(r["name"], n) or "")
+        if (OUT / f"{r['name']}-cbwr").is_dir():
+            table += "\n## Arithmetic sensitivity\n\n" + (sensitivity(r["name"]) or "")
     (OUT / "table.md").write_text(table)
     print(table)
     if a.freeze or a.freeze_point:

@@ -12,6 +12,13 @@ The configuration is the one frozen by calibration on excluded seeds
 (configs/world/demo.yaml, written by tools/calibrate_world.py before any test seed ran).
 Two single-thread worker processes by default; re-running skips every finished stage.
 Results: results/medsafetyworld/{summary.json,table.md,plot.png}.
+
+How much do the figures depend on the machine's arithmetic?  Rerun the same configuration on
+another MKL code path and compare (per figure and per seed; two torch threads reproduce one
+bit for bit on this machine, so they are no proxy):
+
+    MKL_CBWR=COMPATIBLE python tools/demo.py --variants filter,reflect --out results/medsafetyworld-cbwr
+    python tools/demo.py --compare results/medsafetyworld-cbwr
 """
 
 from __future__ import annotations
@@ -70,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the prefill, forged-Safe and finetuning (k=10/100) attacks")
     parser.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 1)")
+    parser.add_argument("--compare", default=None, metavar="DIR",
+                        help="then print how far every figure moves between this run and DIR, another run of the "
+                             "same configuration (another machine, or MKL_CBWR=COMPATIBLE), over the seeds and "
+                             "variants both completed; also written to <out>/compare-<DIR name>.md")
     args = parser.parse_args(argv)
 
     from megatron_reflect.errors import ReflectError
@@ -109,6 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         print(provenance_line(provenance))
     print(f"total wall time: {time.time() - start:.0f} s")
+    return compare(Path(out), Path(args.compare), cfg) if args.compare else 0
+
+
+def compare(out: Path, other: Path, cfg) -> int:
+    """Print and write the comparison of two runs of the same configuration."""
+    import json
+
+    from megatron_reflect.world.report import compare_runs
+
+    config = other / "experiment_config.json"
+    if not config.is_file():
+        print(f"error: {config}: not found (--compare needs a directory written by tools/demo.py)", file=sys.stderr)
+        return 2
+    theirs = json.loads(config.read_text())
+    variants = [v for v in cfg.variants if v in theirs.get("variants", [])]
+    text = compare_runs(out, other, cfg.seeds, variants, (str(out), str(other)))
+    if text is None:
+        print(f"error: no seed has every variant of {variants} in both {out} and {other}", file=sys.stderr)
+        return 1
+    print()
+    print(text)
+    (out / f"compare-{other.name}.md").write_text(text)
     return 0
 
 

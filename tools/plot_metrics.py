@@ -70,7 +70,7 @@ def plot(runs: list[Path], out: Path) -> Path:
                 ax_acc.plot(steps, values, style, color=line.get_color() if line else None,
                             label=f"{name} {key.removeprefix('verdict_acc_')}")
     ax_loss.set(xlabel="step", ylabel="cross entropy (nats/token)", title="loss")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="verdict accuracy (argmax at verdict tokens)",
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="verdict accuracy (p(verdict word) > 1/2)",
                ylim=(-0.02, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

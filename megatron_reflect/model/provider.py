@@ -178,7 +178,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         apply_rope_fusion=fused,  # TE's fused RoPE (megatron rope_utils.fused_apply_rotary_pos_emb)
         persist_layer_norm=False,  # apex's persistent LayerNorm; TE's RMSNorm is used instead
         gradient_accumulation_fusion=fused and main_grads and grad_accum_fusion_available(),
-        cross_entropy_loss_fusion=False,  # the loss seam (train/step.py) computes its own cross entropy
+        cross_entropy_loss_fusion=False,  # GPTModel's per-token loss is megatron's vocab-parallel cross entropy
         **extra,
     )
 

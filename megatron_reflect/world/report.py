@@ -229,6 +229,51 @@ def plot(summary: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+COMPARED_FIGURES: tuple[str, ...] = ("trap.U", "trap.U_rec", "trap.withheld", "seen.U", "held_in.H", "probe.auroc")
+
+
+def compare_runs(a_dir: str | Path, b_dir: str | Path, seeds, variants, names: tuple[str, str] = ("A", "B"),
+                 phase: str = "after") -> str | None:
+    """How far two runs of one configuration differ, as markdown (None when no seed has every variant
+    in both): the same code on another machine, or on this one with another MKL code path
+    (``MKL_CBWR=COMPATIBLE``; two torch threads reproduce one bit for bit here, so they are no proxy).
+    Per figure the mean and largest absolute difference over the seeds both runs completed; per seed
+    the paired differences of the test in each run; and each run's one-sided p-values on those seeds."""
+    a, b = by_seed(collect(a_dir, seeds, variants), phase), by_seed(collect(b_dir, seeds, variants), phase)
+    common = [s for s in seeds if s in a and s in b and all(v in a[s] and v in b[s] for v in variants)]
+    if not common:
+        return None
+    lines = [f"### {names[0]} vs {names[1]}: seeds {common}, {phase} SFT", "",
+             "| figure | mean abs difference | max abs difference | identical |", "|---|---|---|---|"]
+    for v in variants:
+        for k in COMPARED_FIGURES:
+            d = [abs(a[s][v][k] - b[s][v][k]) for s in common if k in a[s][v] and k in b[s][v]]
+            d = [x for x in d if not math.isnan(x)]
+            constant = all(a[s][v].get(k) == 0 and b[s][v].get(k) == 0 for s in common)  # e.g. filter's withheld
+            if d and not constant:
+                lines.append(f"| {v} {k} | {sum(d) / len(d):.3f} | {max(d):.3f} | {sum(x == 0 for x in d)}/{len(d)} |")
+    tests = [(n, x, y) for n, x, y in COMPARISONS if x in variants and y in variants]
+    if tests:
+        lines += ["", "| seed | " + " | ".join(f"{n} {names[0]} | {n} {names[1]}" for n, _, _ in tests) + " |",
+                  "|---|" + "---|---|" * len(tests)]
+        diffs = {(n, i): [] for n, _, _ in tests for i in (0, 1)}
+        for s in common:
+            cells = []
+            for n, x, y in tests:
+                for i, run in enumerate((a, b)):
+                    diffs[(n, i)].append(run[s][x]["trap.U"] - run[s][y]["trap.U"])
+                    cells.append(f"{diffs[(n, i)][-1]:+.2f}")
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for n, _, _ in tests:
+            for i in (0, 1):
+                d = diffs[(n, i)]
+                lines.append(f"- {n}, {names[i]}: mean {sum(d) / len(d):+.3f}, {sum(x < 0 for x in d)}/{len(d)} "
+                             f"negative, one-sided sign-flip p {sign_flip_p(d):.4f}, paired t p {paired_t_p(d):.4f} "
+                             "(unadjusted)")
+    return "\n".join(lines) + "\n"
+
+
 def _checks(runs: list[dict]) -> dict[str, str]:
     unanchored = [r["pretrain"].get("unanchored_verdicts") for r in runs if "unanchored_verdicts" in r["pretrain"]]
     agree = [r["metrics"]["greedy.agreement"] for r in runs if "greedy.agreement" in r["metrics"]]
