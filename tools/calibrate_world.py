@@ -174,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from megatron_reflect.world.experiment import run_experiment
 
+    if a.cbwr:
+        os.environ["MKL_CBWR"] = "COMPATIBLE"  # read by MKL when the spawned workers load it
     for name in [x for x in a.points.split(",") if x]:
         if name not in POINTS:
             print(f"error: unknown point {name!r}; known: {list(POINTS)}", file=sys.stderr)
             return 2
-        if a.cbwr:
-            os.environ["MKL_CBWR"] = "COMPATIBLE"  # read by MKL when the spawned workers load it
         cfg = dataclasses.replace(point_config(name, a.cbwr), jobs=a.jobs)
         if a.seeds:
             cfg = dataclasses.replace(cfg, seeds=tuple(int(x) for x in a.seeds.split(",")))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -141,7 +142,10 @@ def compare(out: Path, other: Path, cfg) -> int:
         return 1
     print()
     print(text)
-    (out / f"compare-{other.name}.md").write_text(text)
+    path = out / f"compare-{other.name}.md"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
     return 0
 
 

@@ -240,7 +240,7 @@ def compare_runs(a_dir: str | Path, b_dir: str | Path, seeds, variants, names: t
     Per figure the mean and largest absolute difference over the seeds both runs completed; per seed
     the paired differences of the test in each run; and each run's one-sided p-values on those seeds."""
     a, b = by_seed(collect(a_dir, seeds, variants), phase), by_seed(collect(b_dir, seeds, variants), phase)
-    common = [s for s in seeds if s in a and s in b and all(v in a[s] and v in b[s] for v in variants)]
+    common = sorted(s for s in seeds if s in a and s in b and all(v in a[s] and v in b[s] for v in variants))
     if not common:
         return None
     lines = [f"### {names[0]} vs {names[1]}: seeds {common}, {phase} SFT", "",
@@ -252,25 +252,19 @@ def compare_runs(a_dir: str | Path, b_dir: str | Path, seeds, variants, names: t
             constant = all(a[s][v].get(k) == 0 and b[s][v].get(k) == 0 for s in common)  # e.g. filter's withheld
             if d and not constant:
                 lines.append(f"| {v} {k} | {sum(d) / len(d):.3f} | {max(d):.3f} | {sum(x == 0 for x in d)}/{len(d)} |")
-    tests = [(n, x, y) for n, x, y in COMPARISONS if x in variants and y in variants]
-    if tests:
-        lines += ["", "| seed | " + " | ".join(f"{n} {names[0]} | {n} {names[1]}" for n, _, _ in tests) + " |",
-                  "|---|" + "---|---|" * len(tests)]
-        diffs = {(n, i): [] for n, _, _ in tests for i in (0, 1)}
-        for s in common:
-            cells = []
-            for n, x, y in tests:
-                for i, run in enumerate((a, b)):
-                    diffs[(n, i)].append(run[s][x]["trap.U"] - run[s][y]["trap.U"])
-                    cells.append(f"{diffs[(n, i)][-1]:+.2f}")
-            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    tests = [paired({s: run[s] for s in common}) for run in (a, b)]  # per run: dF, dR, dP on the common seeds
+    names_d = [n for n in tests[0] if tests[0][n]["diffs"]]
+    if names_d:
+        lines += ["", "| seed | " + " | ".join(f"{n} {names[0]} | {n} {names[1]}" for n in names_d) + " |",
+                  "|---|" + "---|---|" * len(names_d)]
+        for j, s in enumerate(common):
+            lines.append(f"| {s} | " + " | ".join(f"{t[n]['diffs'][j]:+.2f}" for n in names_d for t in tests) + " |")
         lines.append("")
-        for n, _, _ in tests:
-            for i in (0, 1):
-                d = diffs[(n, i)]
-                lines.append(f"- {n}, {names[i]}: mean {sum(d) / len(d):+.3f}, {sum(x < 0 for x in d)}/{len(d)} "
-                             f"negative, one-sided sign-flip p {sign_flip_p(d):.4f}, paired t p {paired_t_p(d):.4f} "
-                             "(unadjusted)")
+        for n in names_d:
+            for name, t in zip(names, tests):
+                d = t[n]["diffs"]
+                lines.append(f"- {n}, {name}: mean {t[n]['mean']:+.3f}, {sum(x < 0 for x in d)}/{len(d)} negative, "
+                             f"one-sided sign-flip p {t[n]['p_signflip']:.4f}, paired t p {t[n]['p_t']:.4f} (unadjusted)")
     return "\n".join(lines) + "\n"
 
 
