@@ -132,3 +132,47 @@ def test_weights_only_checkpoint_resumes_with_fresh_moments(prefix: str, tmp_pat
         second = train(_cfg(prefix, tmp_path / "run", *common))
     assert second.steps == 4 and len(second.losses) == 2
     assert "holds no optimizer state" in caplog.text and "fresh AdamW moments" in caplog.text
+
+
+def test_cpu_bf16_steps_fp32_masters_and_resumes_exactly(prefix: str, tmp_path: Path) -> None:
+    """precision.dtype=bf16 on the CPU: bf16 weights, AdamW on fp32 masters that the checkpoint holds, so a
+    stopped run resumes with the uninterrupted run's losses; and the masters keep updates that bf16 rounds away."""
+    import torch
+
+    from megatron_reflect.convert.tensor_io import DistWeights
+    from megatron_reflect.runtime.distributed import ParallelConfig, init_runtime, shutdown_runtime
+    from megatron_reflect.train.config import OptimConfig
+    from megatron_reflect.train.optim import TorchOptimizer
+
+    common = ("schedule.train_steps=6", "schedule.warmup_steps=2", "schedule.eval_interval=0", "precision.dtype=bf16")
+    straight = train(_cfg(prefix, tmp_path / "straight", *common))
+    first = train(_cfg(prefix, tmp_path / "stopped", *common, "schedule.exit_interval=3"))
+    meta = json.loads((first.last_checkpoint / "meta.json").read_text())
+    assert meta["optimizer"]["master_weights"] == "fp32"
+    keys = DistWeights(first.last_checkpoint / "dist").keys()
+    assert any(k.startswith("optimizer.state.fp32_param") for k in keys)
+    second = train(_cfg(prefix, tmp_path / "stopped", *common))
+    assert first.losses + second.losses == pytest.approx(straight.losses, abs=1e-6, rel=0)
+    fp32 = train(_cfg(prefix, tmp_path / "fp32", *common[:3]))
+    assert straight.losses[0] == pytest.approx(fp32.losses[0], abs=0.02)  # same init, bf16 arithmetic
+    assert straight.losses != fp32.losses
+
+    # One bf16 weight at 1.0 (bf16 spacing there: 2^-7) and AdamW steps of ~1e-3: each alone rounds away.
+    weight = torch.nn.Parameter(torch.ones(4, 4, dtype=torch.bfloat16))
+    opt = TorchOptimizer([torch.nn.ParameterList([weight])], OptimConfig(lr=1e-3, weight_decay=0.0, clip_grad=0.0))
+    plain = torch.nn.Parameter(torch.ones(4, 4, dtype=torch.bfloat16))
+    plain_opt = torch.optim.AdamW([plain], lr=1e-3, weight_decay=0.0)
+    init_runtime(ParallelConfig())  # the clipping norm asks parallel_state for the TP group
+    try:
+        for _ in range(20):
+            weight.grad = torch.ones_like(weight)
+            plain.grad = torch.ones_like(plain)
+            opt.step()
+            plain_opt.step()
+    finally:
+        shutdown_runtime()
+    master = opt.master[weight]
+    assert master.dtype == torch.float32 and master.flatten()[0].item() == pytest.approx(1.0 - 20e-3, abs=1e-4)
+    assert torch.equal(weight.detach(), master.to(torch.bfloat16))  # the bf16 weight followed its master down
+    assert weight.flatten()[0].item() < 0.99
+    assert torch.all(plain.detach() == 1.0)  # without masters the same steps are lost

@@ -71,6 +71,10 @@ POINTS: dict[str, dict] = {
     "lr1e-2-wd0.1": {"pretrain": {"lr": 1e-2, "min_lr": 1e-3, "weight_decay": 0.1}},
     # more Unsafe examples per (drug, risk) pair, both rates at the top of their declared range
     "palt0.35-eps0.20": {"world": {"p_alt": 0.35, "eps": 0.20}},
+    # added for the budget (make demo took 64 min in fp32): the frozen point with bf16 weights and fp32
+    # masters, 1.6x faster here.  Rule declared before it ran: it replaces lr1e-2 as the frozen point if
+    # it fails no more gates than lr1e-2 did (two: G3, G5), and its test run then is the reported result.
+    "lr1e-2-bf16": {"pretrain": {"lr": 1e-2, "min_lr": 1e-3, "precision": "bf16"}},
 }
 
 

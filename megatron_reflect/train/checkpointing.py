@@ -128,8 +128,9 @@ def _rng_sharded(rt: Runtime) -> dict[str, Any]:
                                        replica_id=0)}
 
 
-def _torch_optimizer_sharded(optimizer: TorchOptimizer, model_chunks: list[torch.nn.Module]) -> dict[str, Any]:
-    """AdamW moments as sharded tensors mirroring their parameters' sharding."""
+def _torch_optimizer_sharded(optimizer: TorchOptimizer, model_chunks: list[torch.nn.Module],
+                             masters: bool) -> dict[str, Any]:
+    """AdamW moments (and fp32 masters of bf16 weights) as sharded tensors mirroring their parameters' sharding."""
     from megatron.core.dist_checkpointing.optimizer import (
         get_param_id_to_sharded_param_map,
         make_sharded_optimizer_tensor,
@@ -142,7 +143,10 @@ def _torch_optimizer_sharded(optimizer: TorchOptimizer, model_chunks: list[torch
     for i, p in enumerate(params):
         for key in ("exp_avg", "exp_avg_sq"):
             out[f"optimizer.{key}.{i}"] = make_sharded_optimizer_tensor(
-                id_map[i], optimizer.inner.state[p][key], prefix=f"optimizer.state.{key}")
+                id_map[i], optimizer.state_of(p)[key], prefix=f"optimizer.state.{key}")
+        if masters and p in optimizer.master:
+            out[f"optimizer.fp32_param.{i}"] = make_sharded_optimizer_tensor(
+                id_map[i], optimizer.master[p], prefix="optimizer.state.fp32_param")
     return out
 
 
@@ -156,14 +160,17 @@ def _megatron_optimizer_sharded(optimizer: MegatronOptimizer, model_chunks: list
 def optimizer_format(optimizer: Optimizer, reshardable: bool) -> dict[str, str]:
     """What ``meta.json`` records about the optimizer state a save writes."""
     if isinstance(optimizer, TorchOptimizer):
-        return {"format": TORCH_ADAMW, "sharding": "model_space"}
+        fmt = {"format": TORCH_ADAMW, "sharding": "model_space"}
+        if optimizer.master:
+            fmt["master_weights"] = "fp32"
+        return fmt
     return {"format": MEGATRON_DISTRIBUTED, "sharding": "fully_reshardable" if reshardable else "dp_reshardable"}
 
 
 def _optimizer_sharded(optimizer: Optimizer, model_chunks: list[torch.nn.Module], is_loading: bool,
                        fmt: dict[str, str]) -> dict[str, Any]:
     if isinstance(optimizer, TorchOptimizer):
-        return _torch_optimizer_sharded(optimizer, model_chunks)
+        return _torch_optimizer_sharded(optimizer, model_chunks, masters=fmt.get("master_weights") == "fp32")
     return _megatron_optimizer_sharded(optimizer, model_chunks, is_loading, fmt["sharding"])  # type: ignore[arg-type]
 
 
@@ -253,6 +260,7 @@ def load_training_state(path: str | Path, model_chunks: list[torch.nn.Module], o
     wanted = optimizer_format(optimizer, reshardable=False)
     _check_resumable(path, saved_fmt, wanted, layout_changed)
     load_model_weights(path, model_chunks)
+    optimizer.reload_model_params()  # masters from the weights; replaced below where the state holds them
     template = _optimizer_sharded(optimizer, model_chunks, True, saved_fmt) if saved_fmt is not None else {}
     if same_layout:
         template.update(_rng_sharded(rt))
@@ -261,14 +269,15 @@ def load_training_state(path: str | Path, model_chunks: list[torch.nn.Module], o
     if saved_fmt is None:
         log.warning("%s holds no optimizer state (saved with checkpoint.save_optimizer=false): resuming at step %d "
                     "with fresh AdamW moments", path, step)
-        if isinstance(optimizer, MegatronOptimizer):
-            optimizer.inner.reload_model_params()  # fp32 main weights from the loaded ones
     elif isinstance(optimizer, TorchOptimizer):
         for i, p in enumerate(optimizer.params()):
-            state = optimizer.inner.state[p]
+            state = optimizer.state_of(p)
             for key in ("exp_avg", "exp_avg_sq"):
                 state[key].copy_(loaded[f"optimizer.{key}.{i}"])
             state["step"] = torch.tensor(float(step))
+            if f"optimizer.fp32_param.{i}" in loaded:
+                with torch.no_grad():
+                    optimizer.master[p].copy_(loaded[f"optimizer.fp32_param.{i}"])
     else:
         optimizer.inner.load_state_dict(loaded["optimizer"])  # type: ignore[attr-defined]
     if same_layout:

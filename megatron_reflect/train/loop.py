@@ -174,8 +174,7 @@ def _restore(run: _Run) -> TrainState:
     if ck.load:
         log.info("initial weights from %s", ck.load)
         load_model_weights(ck.load, run.modules)
-        if isinstance(run.optimizer, MegatronOptimizer):
-            run.optimizer.inner.reload_model_params()  # fp32 main weights from the loaded ones
+        run.optimizer.reload_model_params()  # fp32 main weights from the loaded ones
     return TrainState()
 
 

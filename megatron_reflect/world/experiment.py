@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 from megatron_reflect.config import from_dict, to_dict
 from megatron_reflect.model.presets import ModelConfig
@@ -64,6 +64,7 @@ class PretrainConfig:
     decay_fraction: float = 0.2
     weight_decay: float = 0.01
     mask_cut_reflections: bool = True  # whole-note packing: no verdict without its note's start
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 weights with fp32 masters (TorchOptimizer): 1.7x faster here
 
     @property
     def tokens(self) -> int:
@@ -137,6 +138,7 @@ def build_data(cfg: ExperimentConfig, seed: int) -> dict:
 def train_config(cfg: ExperimentConfig, seed: int, variant: str):
     """The project trainer's config for one (seed, variant)."""
     from megatron_reflect.data.dataset import DataConfig
+    from megatron_reflect.model.provider import PrecisionConfig
     from megatron_reflect.train.config import (CheckpointConfig, LoggingConfig, OptimConfig, ScheduleConfig,
                                                TrainConfig)
 
@@ -154,6 +156,7 @@ def train_config(cfg: ExperimentConfig, seed: int, variant: str):
         checkpoint=CheckpointConfig(save_dir=str(d / "checkpoints"), save_interval=max(200, p.train_steps // 2),
                                     keep_last=1, resume=True),
         logging=LoggingConfig(log_interval=max(1, p.train_steps // 10), tensorboard=False),
+        precision=PrecisionConfig(dtype=p.precision),
         seed=1234 + seed, run_dir=str(d / "pretrain"))
 
 
