@@ -4,13 +4,16 @@ Builds a world's filter and reflect datasets (through the pipeline), then per mo
 runs the project trainer (megatron-core GPTModel, one thread) for two step counts on the
 reflect data and takes the difference (start-up excluded), next to a plain-PyTorch model of
 the same shape (RMSNorm, fused SDPA attention, SwiGLU, tied embeddings) trained in this
-process on random tokens: the ratio is the trainer's overhead per token.  All times are
+process on random tokens: the ratio is the trainer's overhead per token.  ``--precision``
+adds the trainer in bf16 (bf16 weights, fp32 masters) and its speed-up over fp32 in the same
+process.  All times are
 process CPU seconds (less sensitive than wall time to other jobs on a shared machine; the
 load average is printed).  Then the per-model fixed costs (export, evaluation, SFT) of one
 real job, and the projected demo time for the frozen configuration.
 
     python benchmarks/bench_world_budget.py                      # shapes 2x64, 3x96, 4x128
     python benchmarks/bench_world_budget.py --shapes 2x64 --batch 32,64,128
+    python benchmarks/bench_world_budget.py --shapes 2x64 --precision fp32,bf16
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def trainer_tokens_per_s(cfg, steps: int) -> float:
         train(tcfg)
         return time.process_time() - c0
 
-    tag = f"{cfg.model.num_layers}x{cfg.model.hidden_size}-{cfg.pretrain.batch_size}"
+    tag = f"{cfg.model.num_layers}x{cfg.model.hidden_size}-{cfg.pretrain.batch_size}-{cfg.pretrain.precision}"
     short, long = run(steps // 4, tag), run(steps, tag)
     return (steps - steps // 4) * cfg.pretrain.batch_size * cfg.pretrain.seq_length / (long - short)
 
@@ -93,6 +96,8 @@ def main() -> None:
     p.add_argument("--shapes", default="2x64,3x96,4x128")
     p.add_argument("--batch", default="64", help="micro-batch sizes (sequences of 128 tokens)")
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--precision", default="", help="trainer precisions to compare, e.g. fp32,bf16 (default: the "
+                   "frozen configuration's)")
     a = p.parse_args()
     import torch
 
@@ -102,7 +107,7 @@ def main() -> None:
 
     from megatron_reflect.world.experiment import build_data, run_job, world_model
 
-    frozen = load_frozen(FROZEN)
+    frozen, _ = load_frozen(FROZEN)
     print(f"load average at start: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         base = dataclasses.replace(frozen, out_dir=tmp, seeds=(0,), variants=("filter", "reflect"))
@@ -114,10 +119,15 @@ def main() -> None:
             for b in (int(x) for x in a.batch.split(",")):
                 cfg = dataclasses.replace(base, model=world_model(layers, width),
                                           pretrain=dataclasses.replace(base.pretrain, batch_size=b))
-                ours = trainer_tokens_per_s(cfg, a.steps)
                 plain = plain_torch_tokens_per_s(cfg.model, b, cfg.pretrain.seq_length)
-                print(f"{shape} batch {b}x{cfg.pretrain.seq_length}: trainer {ours:,.0f} tokens/CPU-s, plain torch "
-                      f"{plain:,.0f}; ratio trainer/plain {ours / plain:.2f}")
+                first = None
+                for prec in [x for x in a.precision.split(",") if x] or [cfg.pretrain.precision]:
+                    ours = trainer_tokens_per_s(dataclasses.replace(
+                        cfg, pretrain=dataclasses.replace(cfg.pretrain, precision=prec)), a.steps)
+                    first = first or ours
+                    print(f"{shape} batch {b}x{cfg.pretrain.seq_length} {prec}: trainer {ours:,.0f} tokens/CPU-s, "
+                          f"plain torch (fp32) {plain:,.0f}; ratio trainer/plain {ours / plain:.2f}"
+                          + (f"; vs the first precision {ours / first:.2f}x" if ours is not first else ""))
         # the fixed costs of one job at the frozen size, with a short pretraining
         short = dataclasses.replace(base, pretrain=dataclasses.replace(base.pretrain, train_steps=20, warmup_steps=2))
         r = run_job(short, 0, "reflect", log=lambda _: None)

@@ -196,7 +196,8 @@ def unanchored_verdicts(ds: ReflectGPTDataset, indices) -> int:
         n = tokens.shape[0] + 1
         text_meta = np.empty(n, dtype=np.int32)
         text_meta[1:] = meta_lab
-        text_meta[0] = ds._query_meta(idx)[0][0]
+        doc, offset = ds.sample_start(idx)  # the first token's meta: one value, not the sample's meta again
+        text_meta[0] = ds.dataset.get_meta(doc, offset=offset, length=1)[0]
         refl = (text_meta & KIND_MASK) != 0
         boundary = np.zeros(n, dtype=bool)  # a segment starts at text position p
         boundary[1:] = (tokens == eod) | (refl[:-1] & ~refl[1:])
