@@ -30,10 +30,11 @@ def _sync_tied_embedding(model_chunks: list[torch.nn.Module]) -> None:
 
 
 def _all_reduce_flat(grads: list[torch.Tensor], group: dist.ProcessGroup) -> None:
-    """Sum ``grads`` over ``group`` with one collective."""
+    """Sum ``grads`` over ``group`` with one collective, in fp32 (bf16 grads too, as megatron DDP's
+    ``grad_reduce_in_fp32`` does)."""
     if not grads:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
     dist.all_reduce(flat, group=group)
     offset = 0
     for g in grads:

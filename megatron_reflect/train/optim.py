@@ -148,8 +148,8 @@ class TorchOptimizer:
     as megatron's mixed-precision optimizer does on the GPU: each step copies their gradients
     up, clips and applies them in fp32, and copies the weights back down, so updates far
     smaller than a bf16 weight's rounding step still accumulate.  The masters are part of
-    the optimizer state a checkpoint saves.  On this 2-core machine bf16 GEMMs (AVX512-BF16)
-    make the world's training steps 1.7x faster than fp32 (docs/MEDSAFETYWORLD.md, Budget).
+    the optimizer state a checkpoint saves.  On an AVX512-BF16 CPU the world's 2 x 64 model
+    trains 1.5x faster than in fp32 (``benchmarks/bench_world_budget.py --precision fp32,bf16``).
     """
 
     def __init__(self, model_chunks: list[torch.nn.Module], cfg: OptimConfig) -> None:
