@@ -88,6 +88,22 @@ def test_rerun_skips_every_completed_stage(quick) -> None:
         summary["aggregate"]["after"]["reflect"]["trap.U"]["values"]
 
 
+def test_resuming_with_another_configuration_is_refused(quick) -> None:
+    """A finished job is skipped on resume, so an output directory of another configuration (say, an earlier
+    frozen point) must not be resumed: the error names the directory and the differing field."""
+    from megatron_reflect.errors import ConfigError
+    from megatron_reflect.world.experiment import save_config
+
+    cfg, _, _ = quick
+    before = (Path(cfg.out_dir) / "experiment_config.json").read_text()
+    other = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, precision="bf16"))
+    with pytest.raises(ConfigError, match=r"experiment_config\.json: .*\(pretrain\.precision differ\)"):
+        run_experiment(other, log=lambda _: None)
+    assert (Path(cfg.out_dir) / "experiment_config.json").read_text() == before  # nothing was touched
+    save_config(dataclasses.replace(cfg, seeds=(0, 1), jobs=1, attacks=False))  # these may change between resumes
+    save_config(cfg)
+
+
 def test_compare_runs_reports_how_far_each_figure_moved(quick, tmp_path) -> None:
     """tools/demo.py --compare: a run against itself is identical; against a copy where reflect's
     trap U moved by 0.125, exactly that figure and the differences built on it move."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 from megatron_reflect.config import from_dict, to_dict
+from megatron_reflect.errors import ConfigError
 from megatron_reflect.model.presets import ModelConfig
 from megatron_reflect.posttrain.sft import TrainConfig as SFTTrainConfig
 from megatron_reflect.world.config import WORLD_VERSION, WorldConfig, quick_config
@@ -257,10 +258,27 @@ def run_job(cfg: ExperimentConfig, seed: int, variant: str, log: Callable[[str],
     return result
 
 
+# What a job's figures depend on; seeds, variants, attacks and workers may change between resumes.
+RESULT_SECTIONS = ("world", "variant", "model", "pretrain", "sft", "eval")
+
+
 def save_config(cfg: ExperimentConfig) -> Path:
+    """Write ``experiment_config.json``; refuse an output directory that holds another configuration's
+    results, which resuming would silently mix with this one's (each finished job is skipped)."""
     path = Path(cfg.out_dir) / "experiment_config.json"
+    new = to_dict(cfg)
+    if path.is_file():
+        old = to_dict(load_config(path))  # an older file's missing fields read as their defaults
+        changed = [f"{sec}.{k}" for sec in RESULT_SECTIONS for k in sorted(set(old[sec]) | set(new[sec]))
+                   if old[sec].get(k) != new[sec].get(k)]
+        if changed:
+            raise ConfigError(f"{path}: {cfg.out_dir} holds results of another configuration ({', '.join(changed[:6])}"
+                              f"{' ...' if len(changed) > 6 else ''} differ); resuming there would mix the two: "
+                              f"choose another --out, or remove the directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(cfg), indent=1))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(new, indent=1))
+    os.replace(tmp, path)
     return path
 
 
