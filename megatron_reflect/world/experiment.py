@@ -276,9 +276,7 @@ def save_config(cfg: ExperimentConfig) -> Path:
                               f"{' ...' if len(changed) > 6 else ''} differ); resuming there would mix the two: "
                               f"choose another --out, or remove the directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(new, indent=1))
-    os.replace(tmp, path)
+    _write_json(path, new)
     return path
 
 
