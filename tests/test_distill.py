@@ -17,7 +17,7 @@ import numpy as np
 
 from guard_server import GuardServer
 from megatron_reflect.data.labelers.classifier import ClassifierLabeler
-from megatron_reflect.data.labelers.training import examples_from_labels, hash_mod
+from megatron_reflect.labeler_training.linear import examples_from_labels, hash_mod
 from megatron_reflect.data.types import Label
 from megatron_reflect.packaged import package_dir
 from megatron_reflect.reflection import Verdict

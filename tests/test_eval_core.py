@@ -11,6 +11,8 @@ server; judges agree on obvious cases; the report files are written.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -57,7 +59,7 @@ def test_training_data_holds_no_evaluation_prompt():
     """The reflection SFT set and the finetuning-attack data: no HarmBench or StrongREJECT prompt
     (by the hash list of artifacts/eval_benchmarks.json) and no AdvBench behaviour (the direct
     attacks' prompts) among their requests; the many-shot pairs, all HarmBench, feed none of them."""
-    from megatron_reflect.data.labelers.corpus import benchmark_hashes, norm_hash
+    from megatron_reflect.sources import benchmark_hashes, norm_hash
     from megatron_reflect.eval.finetune_attack import attack_examples
     from megatron_reflect.posttrain.sft import SFTDataConfig, packaged_sft_examples
 
@@ -71,7 +73,7 @@ def test_training_data_holds_no_evaluation_prompt():
     for e in sft + attack:
         assert norm_hash(e.prompt) not in held, e.prompt
     # the exclusion is real: pyrit's scorer evals do hold HarmBench behaviours, and they are dropped
-    from megatron_reflect.data.labelers.corpus import benchmark_of, scorer_rows
+    from megatron_reflect.sources import benchmark_of, scorer_rows
     from megatron_reflect.packaged import pyrit_datasets_dir
 
     assert any(benchmark_of(o) for o, _, s, _, _ in scorer_rows(pyrit_datasets_dir()) if s >= 0.75)
@@ -255,3 +257,17 @@ def test_report_files(tmp_path):
     assert "| base | direct |  | 1 | 1.000 | 0.000 |" in files["markdown"].read_text()
     assert files["asr_by_attack"].stat().st_size > 1000 and files["asr_by_prefill_depth"].is_file()
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_packaged_loaders_sit_below_data_and_eval():
+    """sources.py is the one home of the packaged-data readers: the labeler's training set does not
+    import the evaluation package, and the evaluation data does not import the labelers (no circle)."""
+    code = ("import sys\n"
+            "import megatron_reflect.labeler_training.corpus\n"
+            "a = sorted(m for m in sys.modules if m.startswith('megatron_reflect.eval'))\n"
+            "import megatron_reflect.eval.data\n"
+            "b = sorted(m for m in sys.modules if m.startswith(('megatron_reflect.data.labelers', "
+            "'megatron_reflect.labeler_training.linear')))\n"
+            "print(a, b)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] []", out.stdout + out.stderr

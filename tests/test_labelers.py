@@ -20,8 +20,8 @@ from megatron_reflect.data.labelers.classifier import (ARTIFACT_NAME, Classifier
                                                        sentence_units)
 from megatron_reflect.data.labelers.openai import GUARD_INSTRUCTION
 from megatron_reflect.data.labelers.qwen3guard import format_guard_answer, parse_guard_answer
-from megatron_reflect.data.labelers.corpus import DOMAINS, benchmark_hashes, load_domain_examples
-from megatron_reflect.data.labelers.training import (CALIBRATION_DOMAINS, SHIPPED_HELD_OUT_DOMAIN,
+from megatron_reflect.labeler_training.corpus import DOMAINS, benchmark_hashes, load_domain_examples
+from megatron_reflect.labeler_training.linear import (CALIBRATION_DOMAINS, SHIPPED_HELD_OUT_DOMAIN,
                                                      evaluate_held_out_domains)
 from megatron_reflect.data.segment import SegmenterConfig, segment_document
 from megatron_reflect.data.types import Document, Label, Segment
@@ -154,8 +154,8 @@ def test_held_out_domain_evaluation_matches_a_hand_computed_fold():
     """evaluate_held_out_domains on a small sample (hashed features): the row of a held-out domain,
     and the recall of one inserted-sentence fold, equal what training on the other domains,
     calibrating on their out-of-fold scores and counting flags gives when done by hand here."""
-    from megatron_reflect.data.labelers.corpus import inserted_sentence_examples
-    from megatron_reflect.data.labelers.training import (features, fit_binary, flagged, nested_thresholds,
+    from megatron_reflect.labeler_training.corpus import inserted_sentence_examples
+    from megatron_reflect.labeler_training.linear import (features, fit_binary, flagged, nested_thresholds,
                                                          unit_scores)
 
     caps = {d: 30 for d in DOMAINS}
@@ -197,7 +197,7 @@ def test_held_out_domain_evaluation_matches_a_hand_computed_fold():
 def test_thresholds_cap_every_domain():
     """union_thresholds by hand on made-up scores; calibrate's Unsafe thresholds flag no benign
     segment of a 100-segment domain (0.5 % of 100 rounds down to 0)."""
-    from megatron_reflect.data.labelers.training import calibrate, union_thresholds
+    from megatron_reflect.labeler_training.linear import calibrate, union_thresholds
 
     rng = np.random.default_rng(0)
     doms = ["wikipedia"] * 100 + ["news"] * 100 + ["advbench"] * 50
@@ -222,7 +222,7 @@ def test_thresholds_cap_every_domain():
 def test_training_set_excludes_evaluation_benchmarks():
     """pyrit ships HarmBench behaviours (all 400 many-shot requests, some scorer-eval objectives) and
     StrongREJECT prompts (AdvBench copies): none may reach a training set."""
-    from megatron_reflect.data.labelers.corpus import LoadStats, benchmark_of, norm_hash
+    from megatron_reflect.labeler_training.corpus import LoadStats, benchmark_of, norm_hash
     from megatron_reflect.packaged import pyrit_datasets_dir
 
     root = pyrit_datasets_dir()
@@ -244,7 +244,7 @@ def test_training_set_excludes_evaluation_benchmarks():
 def test_labeler_modules_do_not_import_torch():
     code = ("import sys\n"
             "import megatron_reflect.data.labelers.classifier, megatron_reflect.data.labelers.features\n"
-            "import megatron_reflect.data.labelers.training, megatron_reflect.data.labelers.corpus\n"
+            "import megatron_reflect.labeler_training.linear, megatron_reflect.labeler_training.corpus\n"
             "from megatron_reflect.data.labelers import build_labeler\n"
             "build_labeler('classifier', model='hashed').predict(['a text'])\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from megatron_reflect.data.labelers.classifier import default_artifact_dir
     from megatron_reflect.data.labelers.features import FAMILIES
-    from megatron_reflect.data.labelers.training import SHIPPED_HELD_OUT_DOMAIN
+    from megatron_reflect.labeler_training.linear import SHIPPED_HELD_OUT_DOMAIN
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default=None,
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     try:
-        from megatron_reflect.data.labelers import training
+        from megatron_reflect.labeler_training import linear as training
 
         if args.from_labels:
             if not args.input or not args.out_dir:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                               "distillation": meta["distillation"]}, indent=2))
             return 0
         if args.evaluate_only:
-            from megatron_reflect.data.labelers.corpus import load_domain_examples
+            from megatron_reflect.labeler_training.corpus import load_domain_examples
 
             examples = load_domain_examples()
             results = [training.evaluate_held_out_domains(f, examples, progress=args.progress) for f in families]

@@ -21,13 +21,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def prompts() -> list[dict]:
-    from megatron_reflect.data.labelers.corpus import _harmful_requests, _roots, _seed_values
     from megatron_reflect.eval import data
+    from megatron_reflect.sources import roots, seed_values
 
-    lt, pyrit, rho = _roots()
+    lt, pyrit, rho = roots()
     out = [{"id": p.id, "prompt": p.text, "kind": "harmful"} for p in data.advbench(limit=24, seed=11)]
     airt = [v for name in ("illegal", "violence", "malware", "scams", "hate", "harassment")
-            for v, _ in _seed_values(pyrit / "seed_datasets" / "local" / "airt" / f"{name}.prompt")
+            for v, _ in seed_values(pyrit / "seed_datasets" / "local" / "airt" / f"{name}.prompt")
             if v.isascii()]
     out += [{"id": f"airt:{i}", "prompt": v, "kind": "harmful"} for i, v in enumerate(random.Random(1).sample(airt, 6))]
     pairs = [r for rel in ("refusal/harmful_benign_50.json", "refusal/expanded_100.json")

