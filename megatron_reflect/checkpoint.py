@@ -13,7 +13,10 @@ one TP/PP layout loads into any other.  Completeness, in the order things are wr
 ``model_config.yaml`` and ``meta.json``, all under ``<dir>.tmp``, renamed to ``<dir>`` when
 complete.  A directory is a checkpoint only with all of them, so a job killed at any
 moment leaves nothing that loads as one.  Loading is strict: a tensor the model needs and
-the checkpoint lacks fails with its name.
+the checkpoint lacks fails with its name.  The one exception is ``_extra_state``: Transformer
+Engine's layers keep their FP8 scaling metadata there, and a checkpoint written by the
+local layer spec (the importer, every CPU run) has none for some of them (megatron's
+``DotProductAttention``); a TE model starts such state afresh, as it would at step 0.
 
 With data parallelism the save is spread over the data-parallel ranks (megatron's
 fully-parallel save wrapper: each replicated shard is written by one of them instead of
@@ -122,18 +125,25 @@ def _any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def is_optional(key: str) -> bool:
+    """Entries a checkpoint may lack: Transformer Engine's per-module ``_extra_state`` (module docstring)."""
+    return key.endswith("_extra_state")
+
+
 def load_sharded(template: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """``dist_checkpointing.load`` of ``template`` from ``<path>/dist``, strictly.
 
     A tensor or object the template asks for and the checkpoint lacks raises a
-    ConversionError naming it (megatron's own error is a KeyError deep in the planner).
+    ConversionError naming it (megatron's own error is a KeyError deep in the planner);
+    :func:`is_optional` entries are left out of the result instead.
     """
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     p = Path(path)
-    state, _, absent = dist_checkpointing.load(template, str(p / DIST), sharded_strategy=_load_strategy(),
-                                               strict=StrictHandling.RETURN_UNEXPECTED)
+    state, _, unexpected = dist_checkpointing.load(template, str(p / DIST), sharded_strategy=_load_strategy(),
+                                                   strict=StrictHandling.RETURN_UNEXPECTED)
+    absent = {key for key in unexpected if not is_optional(key)}
     if _any_rank(bool(absent)):
         names = sorted(absent)
         listed = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -187,7 +197,7 @@ def load_model_weights(path: str | Path, model_chunks: list[torch.nn.Module]) ->
     prefixes = ["model."] if len(model_chunks) == 1 else [f"model{i}." for i in range(len(model_chunks))]
     for prefix, chunk in zip(prefixes, model_chunks):
         result = chunk.load_state_dict(_strip(state, prefix), strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        missing = [k for k in result.missing_keys if not is_optional(k)]
         if missing or result.unexpected_keys:
             raise ConversionError(f"{p / DIST}: weights do not match the model: missing {missing}, "
                                   f"unexpected {list(result.unexpected_keys)}")

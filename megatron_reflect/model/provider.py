@@ -2,18 +2,29 @@
 
 The layer spec is Transformer Engine's on a GPU with TE installed (required for FP8) and
 megatron's local one otherwise; ``layer_spec`` overrides the choice.  TE is imported only
-when chosen, so the CPU path never touches it.
+when chosen, so the CPU path never touches it.  The local spec's core attention is torch's
+fused ``scaled_dot_product_attention`` (:mod:`megatron_reflect.model.attention`;
+``precision.attention=megatron`` keeps megatron's unfused ``DotProductAttention``).
 
 Kernel fusions (``precision.fusions``, on by default) are switched on only where their
 kernels exist: with the TE spec, TE's fused RoPE and the softmax / SwiGLU / bias-dropout
-fusions; gradient-accumulation fusion (the weight gradient GEMM accumulates straight into
-megatron DDP's fp32 ``main_grad``) additionally needs apex's ``fused_weight_gradient_mlp_cuda``
-(megatron's own output layer uses it; NGC containers ship it) and a model that megatron DDP
-wraps.  ``tools/gpu_check.sh`` measures bf16 throughput with and without them.
+fusions; on any GPU megatron's fused vocab-parallel cross entropy.  Gradient-accumulation
+fusion (the weight-gradient GEMM accumulates straight into megatron DDP's fp32
+``main_grad``; needs a model that megatron DDP wraps) is decided per layer type
+(:func:`wgrad_fusion_plan`): TE's layers do it natively, megatron's own linears (the
+output layer) only with apex's ``fused_weight_gradient_mlp_cuda``.  megatron passes one
+config flag to both, and its own layers refuse to build with it when apex is missing, so
+the flag follows apex and TE's layers are switched on after the build
+(``fuse_wgrad_accumulation``, the attribute TE reads at every forward and megatron itself
+reads back in ``extensions/transformer_engine.py``).  ``tools/gpu_check.sh`` measures bf16
+throughput with and without the fusions and prints the plan.
 
 FP8 needs every GEMM of a rank to have feature dimensions divisible by 16 and a token
 count divisible by 8 (Transformer Engine's FP8 GEMM constraint); :func:`check_precision`
-says which dimension breaks it before anything is launched.
+says which dimension breaks it before anything is launched.  Delayed scaling exposes TE's
+amax history (``fp8_amax_history_len``, ``fp8_amax_compute_algo``) with TE's own
+``DelayedScaling`` defaults (1024, ``max``) rather than megatron's (1, ``most_recent``,
+which scales by the last step's amax only and overflows on any spike).
 """
 
 from __future__ import annotations
@@ -41,6 +52,12 @@ class PrecisionConfig:
     fp8: Literal["none", "tensorwise", "delayed"] = "none"
     fp8_first_last_bf16: bool = False  # keep the first and last transformer layer in BF16 (tensorwise only)
     fusions: bool = True  # fused kernels where TE / apex provide them (module docstring)
+    attention: Literal["sdpa", "megatron"] = "sdpa"  # core attention of the local layer spec
+    fp8_amax_history_len: int = 1024  # delayed scaling only: amax history length (TE's default)
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"  # delayed scaling only (TE's default)
+    # gradient reduce-scatter: "fp32" buffers, or "bf16" on the wire with fp32 accumulation
+    # (megatron's reduce_scatter_with_fp32_accumulation; microbatch gradients then accumulate in bf16)
+    grad_reduce: Literal["fp32", "bf16"] = "fp32"
 
 
 def fp8_gemm_dims(model: ModelConfig, tensor_parallel: int = 1) -> dict[str, int]:
@@ -63,6 +80,8 @@ def check_precision(model: ModelConfig, parallel: ParallelConfig, precision: Pre
 
     Pure arithmetic (no GPU needed), so a bad FP8 launch fails in ``validate`` on any machine.
     """
+    if precision.fp8_amax_history_len < 1:
+        raise ConfigError(f"precision.fp8_amax_history_len {precision.fp8_amax_history_len} must be >= 1")
     if precision.fp8 == "none":
         return
     if precision.fp8 == "delayed" and precision.fp8_first_last_bf16:
@@ -119,6 +138,28 @@ def grad_accum_fusion_available() -> bool:
     return bool(layers._grad_accum_fusion_available)
 
 
+def wgrad_fusion_plan(spec: str, precision: PrecisionConfig, main_grads: bool, on_gpu: bool | None = None,
+                      apex: bool | None = None) -> dict[str, bool]:
+    """Whether weight-gradient accumulation is fused, per layer type (module docstring).
+
+    ``on_gpu`` / ``apex`` default to this machine's (a CUDA device; apex's extension importable).
+    """
+    wanted = precision.fusions and main_grads and (use_cuda() if on_gpu is None else on_gpu)
+    apex = grad_accum_fusion_available() if apex is None else apex
+    return {"transformer layers (TE)": wanted and spec == "te", "megatron linears (apex)": wanted and apex}
+
+
+def _enable_te_wgrad_fusion(model: torch.nn.Module) -> int:
+    """Switch on TE's own fused weight-gradient accumulation in every TE module; returns how many."""
+    from transformer_engine.pytorch.module.base import TransformerEngineBaseModule
+
+    modules = [m for m in model.modules() if isinstance(m, TransformerEngineBaseModule)
+               and hasattr(m, "fuse_wgrad_accumulation")]
+    for m in modules:
+        m.fuse_wgrad_accumulation = True
+    return len(modules)
+
+
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
                              precision: PrecisionConfig | None = None, init_weights: bool = True,
                              main_grads: bool = False):
@@ -144,6 +185,9 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
     if precision.fp8 != "none":
         extra.update(fp8="hybrid", fp8_recipe="tensorwise" if precision.fp8 == "tensorwise" else "delayed",
                      first_last_layers_bf16=precision.fp8_first_last_bf16)
+    if precision.fp8 == "delayed":
+        extra.update(fp8_amax_history_len=precision.fp8_amax_history_len,
+                     fp8_amax_compute_algo=precision.fp8_amax_compute_algo)
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -177,8 +221,11 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         bias_dropout_fusion=fused,
         apply_rope_fusion=fused,  # TE's fused RoPE (megatron rope_utils.fused_apply_rotary_pos_emb)
         persist_layer_norm=False,  # apex's persistent LayerNorm; TE's RMSNorm is used instead
-        gradient_accumulation_fusion=fused and main_grads and grad_accum_fusion_available(),
-        cross_entropy_loss_fusion=False,  # GPTModel's per-token loss is megatron's vocab-parallel cross entropy
+        # megatron's own linears only (they need apex); TE layers: wgrad_fusion_plan, after the build
+        gradient_accumulation_fusion=wgrad_fusion_plan(spec, precision, main_grads)["megatron linears (apex)"],
+        # megatron's fused vocab-parallel cross entropy (torch.compile'd, no TE); same per-token loss
+        cross_entropy_loss_fusion=on_gpu and precision.fusions,
+        cross_entropy_fusion_impl="native",
         **extra,
     )
 
@@ -192,7 +239,8 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
 
     precision = precision or PrecisionConfig()
     config = build_transformer_config(model, parallel, precision, init_weights, main_grads)
-    if resolve_layer_spec(model, precision) == "te":
+    spec = resolve_layer_spec(model, precision)
+    if spec == "te":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         layer_spec = get_gpt_layer_with_transformer_engine_spec()
@@ -200,6 +248,10 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
         layer_spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        if precision.attention == "sdpa":
+            from megatron_reflect.model.attention import SDPAttention
+
+            layer_spec.submodules.self_attention.submodules.core_attention = SDPAttention
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:
@@ -216,6 +268,8 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
         rotary_base=int(model.rotary_base),
         parallel_output=True,
     )
+    if wgrad_fusion_plan(spec, precision, main_grads)["transformer layers (TE)"]:
+        _enable_te_wgrad_fusion(gpt)
     if use_cuda():
         gpt = gpt.cuda()
     return gpt

@@ -88,6 +88,7 @@ class LoggingConfig:
     tensorboard: bool = True
     jsonl: bool = True
     progress_bar: bool = False
+    peak_tflops: float = 0.0  # dense BF16 peak of one GPU for MFU; 0: from the device name (train/mfu.py)
 
 
 @dataclass
@@ -141,6 +142,8 @@ class TrainConfig:
                               f"model.max_position_embeddings {self.model.max_position_embeddings}")
         if self.checkpoint.keep_last < 1:
             raise ConfigError("checkpoint.keep_last must be >= 1")
+        if self.logging.peak_tflops < 0:
+            raise ConfigError(f"logging.peak_tflops {self.logging.peak_tflops} must be >= 0 (0: from the device name)")
         if self.logging.log_interval < 1:
             raise ConfigError(f"logging.log_interval {self.logging.log_interval} must be >= 1")
         intervals = {"checkpoint.save_interval": self.checkpoint.save_interval,

@@ -11,6 +11,13 @@ CPU a torch AdamW with :func:`~megatron_reflect.train.grads.finalize_grads_cpu`.
 choice is made once, from :func:`~megatron_reflect.runtime.device.use_cuda`; everything
 else is one path.
 
+Communication on the GPU is overlapped as far as megatron-core offers it
+(:func:`ddp_config`): the gradient reduce-scatter with the backward pass, and the bf16
+parameter all-gather of the distributed optimizer with the next step's forward (dispatched
+by ``zero_grad`` and waited for by forward pre-hooks, bucket by bucket).  The model's
+weights are then stale between ``optimizer.step()`` and the next forward, so evaluation and
+checkpoint saves first finish the all-gather (:func:`_synced_params`), as Megatron-LM does.
+
 Per step the loop adds two small all-reduces (loss statistics) and a ``float()`` per
 logged value to the schedule's own work; ``benchmarks/bench_trainer.py`` measures that
 against a bare megatron-core loop.  ``train`` initialises the runtime when none is up
@@ -19,6 +26,7 @@ and tears it down again, so in-process callers can run it many times.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -48,7 +56,8 @@ from megatron_reflect.train.checkpointing import (
 )
 from megatron_reflect.train.config import TrainConfig
 from megatron_reflect.train.data_loading import build_datasets, dataset_info, microbatches
-from megatron_reflect.train.metrics import H100_BF16_PEAK_FLOPS, MetricsWriter, format_line, reduce_reports
+from megatron_reflect.train.metrics import MetricsWriter, format_line, reduce_reports
+from megatron_reflect.train.mfu import Peak, mfu, peak_for
 from megatron_reflect.train.optim import MegatronOptimizer, Optimizer, TorchOptimizer, lr_at
 from megatron_reflect.train.step import make_forward_step
 
@@ -81,6 +90,7 @@ class _Run:
     num_microbatches: int
     forward_step: Any
     meta: dict[str, Any]
+    peak: Peak | None = None  # MFU denominator (GPU only)
 
 
 def _model_config(cfg: TrainConfig, info: dict[str, Any]) -> ModelConfig:
@@ -88,6 +98,25 @@ def _model_config(cfg: TrainConfig, info: dict[str, Any]) -> ModelConfig:
     if vocab != cfg.model.vocab_size:
         log.info("model.vocab_size %d -> %d (the dataset's tokenizer)", cfg.model.vocab_size, vocab)
     return dataclasses.replace(cfg.model, vocab_size=vocab)
+
+
+def ddp_config(cfg: TrainConfig):
+    """megatron DDP settings of the GPU path: fp32 (or bf16-on-the-wire) reduce, every overlap on.
+
+    ``overlap_grad_reduce``: each gradient bucket's reduce-scatter starts as soon as the
+    last microbatch's backward has filled it.  ``overlap_param_gather``: the distributed
+    optimizer's all-gather of the updated bf16 weights runs under the next forward instead
+    of after the step.  ``precision.grad_reduce=bf16`` halves the reduce-scatter bytes
+    (megatron's ``reduce_scatter_with_fp32_accumulation``) at the price of accumulating
+    microbatch gradients in bf16; fp32 is the default.
+    """
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    bf16_wire = cfg.precision.grad_reduce == "bf16"
+    return DistributedDataParallelConfig(grad_reduce_in_fp32=not bf16_wire,
+                                         reduce_scatter_with_fp32_accumulation=bf16_wire,
+                                         overlap_grad_reduce=True, overlap_param_gather=True,
+                                         use_distributed_optimizer=True, average_in_collective=False)
 
 
 def _build_model_and_optimizer(cfg: TrainConfig, model_cfg: ModelConfig
@@ -103,19 +132,30 @@ def _build_model_and_optimizer(cfg: TrainConfig, model_cfg: ModelConfig
         config.finalize_model_grads_func = finalize_grads_cpu
         chunks = [model]
         return chunks, chunks, TorchOptimizer(chunks, cfg.optim)
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
     from megatron.core.transformer.module import Float16Module
 
     bf16 = cfg.precision.dtype == "bf16"
     module = Float16Module(config, model) if bf16 else model
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=True,
-                                               use_distributed_optimizer=True, average_in_collective=False)
-    ddp = DistributedDataParallel(config=config, ddp_config=ddp_config, module=module)
+    ddp = DistributedDataParallel(config=config, ddp_config=ddp_config(cfg), module=module)
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = ddp.no_sync
     config.grad_sync_func = ddp.start_grad_sync
     chunks = [ddp]
     return chunks, [model], MegatronOptimizer(chunks, cfg.optim, bf16=bf16, distributed=True)
+
+
+@contextlib.contextmanager
+def _synced_params(run: _Run) -> Iterator[None]:
+    """Finish the overlapped parameter all-gather (weights current) for the block; re-arm it after."""
+    overlapped = [c for c in run.chunks if getattr(c, "use_forward_hook", False)]
+    for chunk in overlapped:
+        chunk.disable_forward_pre_hook(param_sync=True)
+    try:
+        yield
+    finally:
+        for chunk in overlapped:
+            chunk.enable_forward_pre_hook()
 
 
 def _zero_grad(run: _Run) -> None:
@@ -148,7 +188,7 @@ def _evaluate(run: _Run, valid_ds: Any) -> dict[str, float]:
     for chunk in run.chunks:
         chunk.eval()
     reports: list[dict[str, torch.Tensor]] = []
-    with torch.no_grad():
+    with torch.no_grad(), _synced_params(run):
         for _ in range(s.eval_iters):
             reports += _schedule(run, data, forward_only=True)
     for chunk in run.chunks:
@@ -159,9 +199,10 @@ def _evaluate(run: _Run, valid_ds: Any) -> dict[str, float]:
 def _save(run: _Run, state: TrainState) -> Path:
     save_dir = run.cfg.checkpoint.save_dir or str(Path(run.cfg.run_dir) / "checkpoints")
     ck = run.cfg.checkpoint
-    return save_training_state(save_dir, run.modules, run.model_cfg, run.optimizer, state, run.rt,
-                               keep_last=ck.keep_last, meta=run.meta, save_optimizer=ck.save_optimizer,
-                               optimizer_reshardable=ck.optimizer_reshardable)
+    with _synced_params(run):  # the weights the optimizer just computed, not the step before's
+        return save_training_state(save_dir, run.modules, run.model_cfg, run.optimizer, state, run.rt,
+                                   keep_last=ck.keep_last, meta=run.meta, save_optimizer=ck.save_optimizer,
+                                   optimizer_reshardable=ck.optimizer_reshardable)
 
 
 def _restore(run: _Run) -> TrainState:
@@ -183,7 +224,7 @@ def _throughput(run: _Run, tokens: int, seconds: float) -> dict[str, float]:
     if use_cuda():
         flops = run.model_cfg.flops_per_token(run.cfg.data.seq_length) * tokens / max(seconds, 1e-9)
         per_gpu = flops / run.rt.world_size
-        out.update(tflops_per_gpu=per_gpu / 1e12, mfu=per_gpu / H100_BF16_PEAK_FLOPS)
+        out.update(tflops_per_gpu=per_gpu / 1e12, **mfu(per_gpu, run.peak, run.cfg.precision.fp8 != "none"))
     return out
 
 
@@ -201,8 +242,9 @@ def _train(cfg: TrainConfig, rt: Runtime, datasets: tuple[Any, Any] | None, info
                                                             sort_keys=False), encoding="utf-8")
     chunks, modules, optimizer = _build_model_and_optimizer(cfg, model_cfg)
     meta = {"tokenizer": info.get("tokenizer"), "reflection_template": info.get("reflection_template")}
+    peak = peak_for(torch.cuda.get_device_name(), cfg.logging.peak_tflops) if use_cuda() else None
     run = _Run(cfg, rt, model_cfg, chunks, modules, optimizer, cfg.num_microbatches(rt.world_size),
-               make_forward_step(cfg.loss, rt.device), meta)
+               make_forward_step(cfg.loss, rt.device), meta, peak)
     state = _restore(run)
 
     train_samples = s.train_steps * s.global_batch_size

@@ -26,9 +26,6 @@ import torch.distributed as dist
 
 from megatron_reflect.train.step import REPORT_KEYS
 
-H100_BF16_PEAK_FLOPS = 989e12  # dense BF16 tensor-core peak of an H100 SXM; the MFU denominator
-
-
 def reduce_reports(reports: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu") -> dict[str, float]:
     """Sum ``[sum, count]`` pairs over microbatches and ranks; return means (NaN where count is 0).
 
@@ -65,7 +62,10 @@ def format_line(step: int, total_steps: int, values: dict[str, float]) -> str:
         parts.append(f"gnorm {values['grad_norm']:.3f}")
     parts.append(f"{values['tokens_per_s']:,.0f} tok/s")
     if "tflops_per_gpu" in values:
-        parts.append(f"{values['tflops_per_gpu']:.1f} TFLOP/s/GPU MFU {100 * values['mfu']:.1f}%")
+        parts.append(f"{values['tflops_per_gpu']:.1f} TFLOP/s/GPU")
+    if "mfu" in values:
+        parts.append(f"MFU {100 * values['mfu']:.1f}%" + (f" ({100 * values['mfu_fp8_peak']:.1f}% of FP8 peak)"
+                                                          if "mfu_fp8_peak" in values else ""))
     return " | ".join(parts)
 
 

@@ -222,18 +222,24 @@ def apply_group_hyperparameters(groups: list[dict[str, Any]], lr: float, weight_
         group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
 
 
+def megatron_optimizer_config(cfg: OptimConfig, bf16: bool, distributed: bool = True):
+    """megatron's OptimizerConfig for the GPU path (Adam, fp32 main weights of bf16 parameters)."""
+    from megatron.core.optimizer import OptimizerConfig
+
+    return OptimizerConfig(optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+                           adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, adam_eps=cfg.eps, clip_grad=cfg.clip_grad,
+                           bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
+                           use_distributed_optimizer=distributed)
+
+
 class MegatronOptimizer:
     """GPU path: megatron's (distributed) optimizer; clipping and the norm come from it."""
 
     def __init__(self, model_chunks: list[torch.nn.Module], cfg: OptimConfig, bf16: bool,
                  distributed: bool = True) -> None:
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer import get_megatron_optimizer
 
-        config = OptimizerConfig(optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-                                 adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, adam_eps=cfg.eps,
-                                 clip_grad=cfg.clip_grad, bf16=bf16, params_dtype=torch.bfloat16 if bf16
-                                 else torch.float32, use_distributed_optimizer=distributed)
-        self.inner = get_megatron_optimizer(config, model_chunks)
+        self.inner = get_megatron_optimizer(megatron_optimizer_config(cfg, bf16, distributed), model_chunks)
         self.weight_decay = cfg.weight_decay
         apply_group_hyperparameters(self.inner.param_groups, cfg.lr, cfg.weight_decay)
 

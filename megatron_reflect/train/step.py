@@ -71,12 +71,14 @@ def reflection_loss(
         "text_loss": _pair((per_token * is_text).sum(), is_text.sum()),
         "reflection_loss": _pair((per_token * is_refl).sum(), is_refl.sum()),
     }
+    # Masks and sums only: boolean indexing would sync the host with the GPU for every
+    # selection (its output size depends on the data).
     verdict_pos = ((meta & VERDICT_FLAG) != 0) & (loss_mask > 0)
-    correct = (per_token[verdict_pos].detach() < LN2).float()
-    kinds = meta[verdict_pos] & KIND_MASK
+    correct = (per_token.detach() < LN2) & verdict_pos
+    kinds = meta & KIND_MASK
     for verdict in Verdict:
-        sel = kinds == KIND_OF_VERDICT[verdict]
-        report[f"verdict_acc_{verdict.value.lower()}"] = _pair(correct[sel].sum(), sel.sum())
+        sel = verdict_pos & (kinds == KIND_OF_VERDICT[verdict])
+        report[f"verdict_acc_{verdict.value.lower()}"] = _pair((correct & sel).sum(), sel.sum())
     return loss_sum, num_tokens, report
 
 
@@ -104,8 +106,9 @@ def forward_step(cfg: LossConfig, device: torch.device, data_iterator: Iterator[
     cross entropy), loss mask and reflection metadata.
     """
     batch = batch_to_device(next(data_iterator), device)
-    # A causal mask is implied; GPTDataset's explicit [1, S, S] mask is not needed.
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    # A causal mask is implied; GPTDataset's explicit [B, 1, S, S] mask (True = masked) comes only with
+    # DataConfig.reset_attention_mask (attention reset at every EOD) and is then passed on.
+    output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"])
     return output, partial(_loss_func, cfg, batch)
 
 
