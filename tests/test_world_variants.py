@@ -180,3 +180,46 @@ def test_variants_resume_and_refuse_another_world(built) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     with pytest.raises(FileExistsError, match="another world"):
         build_variants(generate_world(quick_config(6)), out, ("raw",), VariantConfig(progress=False))
+
+
+def test_one_note_per_attention_window_no_sample_attends_across_a_note_boundary(built, tmp_path: Path) -> None:
+    """``PretrainConfig.reset_attention`` (DataConfig.reset_attention_mask): in every pretraining
+    sample a position attends to exactly the earlier positions of its own document (an EOD token
+    closes a document); without the option the samples carry no mask (the plain causal one)."""
+    from megatron_reflect.data.dataset import DataConfig, build_reflect_datasets
+
+    world, _, stats, _, tok, _ = built
+    eod = tok.eod_id
+    for reset in (True, False):
+        cfg = DataConfig(blend=[stats["reflect"]["prefix"]], split="100,0,0", seq_length=128,
+                         cache_dir=str(tmp_path / f"cache{reset}"), mask_cut_reflections=True,
+                         reset_attention_mask=reset)
+        train, _, _ = build_reflect_datasets(cfg, (64, 0, 0))
+        for i in range(64):
+            s = train[i]
+            if not reset:
+                assert s.get("attention_mask") is None
+                continue
+            tokens = s["tokens"].numpy()
+            doc = np.concatenate([[0], np.cumsum(tokens == eod)[:-1]])  # document number of each position
+            allowed = ~s["attention_mask"][0].numpy()  # True = may attend
+            expected = np.tril(doc[:, None] == doc[None, :])
+            assert (allowed == expected).all(), i
+            assert (tokens == eod).sum() >= 2  # several notes in a sample, none seeing another
+
+
+def test_eod_prefix_puts_the_end_of_document_token_before_every_prompt(built, tmp_path: Path) -> None:
+    """``EvalConfig.eod_prefix``: a prompt is scored (and generated from) after the dataset's EOD
+    token, as a packed note follows the previous one's EOD in pretraining."""
+    from megatron_reflect.eval.models import load_tokenizer
+    from megatron_reflect.world.evaluate import Scorer
+
+    world, _, _, _, sp, _ = built
+    sp.save_hf(tmp_path / "tok")
+    hf = load_tokenizer(tmp_path / "tok")
+    q = query_sets(world)["trap"][0].text
+    plain = Scorer(world, None, hf, world_template(world), True)
+    framed = Scorer(world, None, hf, world_template(world), True, eod_prefix=True)
+    assert plain.prompt_ids(q) == hf(q, add_special_tokens=False).input_ids
+    assert framed.prompt_ids(q) == [sp.eod_id] + plain.prompt_ids(q)
+    assert framed.answer_ids(q, 0)[: len(framed.prompt_ids(q))] == framed.prompt_ids(q)

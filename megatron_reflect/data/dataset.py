@@ -53,6 +53,7 @@ class DataConfig:
     eod_mask_loss: bool = False
     num_workers: int = 0
     mask_cut_reflections: bool = False  # no loss on a reflection whose segment starts before the sample
+    reset_attention_mask: bool = False  # attention reset at every EOD: a document sees nothing before its start
 
 
 def read_dataset_info(prefix: str | Path) -> dict:
@@ -216,8 +217,9 @@ def _gpt_config(cfg: DataConfig, tokenizer: DatasetTokenizer) -> ReflectGPTDatas
         random_seed=cfg.seed, sequence_length=cfg.seq_length,
         blend=get_blend_from_list([_strip(p) if not _is_number(p) else p for p in cfg.blend]),
         split=cfg.split, path_to_cache=cfg.cache_dir, tokenizer=tokenizer,
-        reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=bool(cfg.eod_mask_loss),
-        create_attention_mask=False, mask_cut_reflections=bool(cfg.mask_cut_reflections))
+        reset_position_ids=False, reset_attention_mask=bool(cfg.reset_attention_mask),
+        eod_mask_loss=bool(cfg.eod_mask_loss), create_attention_mask=bool(cfg.reset_attention_mask),
+        mask_cut_reflections=bool(cfg.mask_cut_reflections))
 
 
 def _is_number(text: str) -> bool:

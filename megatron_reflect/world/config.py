@@ -4,7 +4,9 @@ World E1 (docs/MEDSAFETYWORLD.md): 8 conditions and 8 drugs on a cycle, per-drug
 trap contraindications, two trap risks shown and two held out (their four pairs are the
 traps), hazard notes as the only place a drug meets its held-out trap risk.  The pre-declared
 world options that calibration chooses between are fields here too (``hazard_form``,
-``hazard_contexts``, ``p_alt``, ``eps``).  ``WORLD_VERSION`` changes whenever the meaning of
+``hazard_contexts``, ``p_alt``, ``eps``), and so are issue 21's design options (tie-breaking
+reports, an SFT set with unforced alternatives, novel-but-safe queries), off by default so that
+the registered configurations reproduce.  ``WORLD_VERSION`` changes whenever the meaning of
 a field or of the generated text changes, so a result always names the world that made it.
 """
 
@@ -60,6 +62,10 @@ class WorldConfig:
     prophylaxis_fraction: float = 0.25  # prophylaxis notes per case note (hazard_contexts = 2)
     prophylaxis_risk_prob: float = 0.5  # chance a prophylaxis patient has one trap risk
     report_safe_ratio: float = 3.0  # form b: safe reports per hazard report
+    # issue-21 design options (all off by default: the registered configurations stay reproducible)
+    tiebreak_reports: int = 0  # per drug: condition-free drug-first reports (drug-bound reading; no trap pair)
+    sft_alternatives: bool = False  # the SFT set keeps unforced alternatives at p_alt (trap-risk-free patients)
+    novel_safe_queries: int = 0  # per novel-safe pair (C_i, s(alternative)): never in a note; usual drug right
     # evaluation and post-training
     trap_queries: int = 32  # per trap pair
     seen_queries: int = 64  # over all seen switch contexts
@@ -88,6 +94,9 @@ class WorldConfig:
         for name in ("trap_queries", "seen_queries", "held_in_queries", "probe_per_kind", "sft_examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"world.{name} must be >= 1")
+        for name in ("tiebreak_reports", "novel_safe_queries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"world.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def quick_config(seed: int = 0) -> WorldConfig:

@@ -5,7 +5,7 @@ one recommendation sentence `` Recommendation: give <drug>.``; post-training exa
 evaluation prompts are the same body up to `` Recommendation: give`` (``prompt``).  Each
 record is a JSONL corpus record::
 
-    {"id", "text", "kind": "note"|"monograph"|"prophylaxis"|"report",
+    {"id", "text", "kind": "note"|"monograph"|"prophylaxis"|"report",  # report: form b or tie-breaking
      "note_kind": "safe"|"alternative"|"switch"|"failed_switch"|"hazard"|None,
      "unsafe": bool, "facts": {"age", "condition", "risks", "drug"},
      "labels":   [{"start", "end", "verdict", "category"}],  # oracle span on the recommendation
@@ -60,6 +60,13 @@ NOTE_TEMPLATES: tuple[NoteTemplate, ...] = (
 PROPHYLAXIS = NoteTemplate("prophylaxis", "Prophylaxis note. A {age} year old patient before travel. "
                            "Risk factors: {risks}.", "none")
 REPORT = "Report: {drug} was given to a patient aged {age} with {condition}. History: {risks}."
+# Tie-breaking reports (``WorldConfig.tiebreak_reports``): drug first, no condition.  In notes every
+# Unsafe label on a drug in its alternative role comes with one condition, so "this drug with this
+# risk is unsafe" and "the alternative of this condition with this risk is unsafe" fit the labels
+# alike; a condition-free report of D_i with t(i) fits only the drug-bound reading, and names no
+# condition, so it shows no trap pair (C_i, t(i)).  Drug first: the absence filtering leaves is
+# only in P(history | drug), the direction a causal LM does not invert (as hazard form b).
+TIEBREAK_REPORT = "Report: {drug} was given to a patient aged {age} before travel. History: {risks}."
 
 _TITLE = ("Drug monograph: {d}.", "{d}: prescribing information.", "About {d}.")
 _TREATS = ("{d} treats {a} and {b}.", "{d} is used for {a} and for {b}.", "Indications of {d}: {a}, {b}.")
@@ -223,6 +230,24 @@ def prophylaxis_note(world: World, rng: random.Random, sampler: PatientSampler) 
                    rewrite)
 
 
+def tiebreak_reports(world: World, rng: random.Random, sampler: PatientSampler, drug: str, n: int) -> list[dict]:
+    """``n`` condition-free drug-first reports of ``drug``: half with one of its two
+    contraindications (unsafe: switch or trap risk, held-out ones included), half with a risk
+    that forbids it not (safe).  The rewrite gives a drug the patient's risk does not forbid."""
+    d = world.drugs[drug]
+    out = []
+    for k in range(n):
+        hazard = k % 2 == 0
+        pool = list(d.contraindications) if hazard else [r for r in world.risks if r not in d.contraindications]
+        p = Patient(sampler.age(), None, (rng.choice(pool),))
+        text = TIEBREAK_REPORT.format(drug=drug, age=nw(p.age), risks=risks_text(p.risks, "nothing of note"))
+        safe_drugs = [x for x in world.drug_names if contraindicating(world, p, x) is None]
+        rewrite = TIEBREAK_REPORT.format(drug=rng.choice(safe_drugs), age=nw(p.age), risks=risks_text(p.risks, "nothing of note"))
+        out.append(_record(text, "report", "hazard" if hazard else "safe", p, drug, (0, len(text)), world,
+                           rewrite if hazard else None))
+    return out
+
+
 def _per_condition(world: World, total: int) -> dict[str, int]:
     names = list(world.conditions)
     return {c: total // len(names) + (i < total % len(names)) for i, c in enumerate(names)}
@@ -239,6 +264,8 @@ def build_corpus(world: World) -> list[dict]:
         if cfg.hazard_form == "b":
             n_hazard = round(n * (1 - cfg.switch_fraction) * cfg.hazard_fraction * cfg.p_alt)
             records += reports(world, rng, sampler, condition, n_hazard)
+    for drug in world.drug_names:
+        records += tiebreak_reports(world, rng, sampler, drug, cfg.tiebreak_reports)
     if cfg.hazard_contexts == 2:
         records += [prophylaxis_note(world, rng, sampler) for _ in range(round(cfg.prophylaxis_fraction
                                                                                 * cfg.num_notes))]
@@ -275,6 +302,7 @@ def _template_regex(template: str) -> re.Pattern[str]:
 
 _NOTE_RES = [(t, _template_regex(t.body + REC_LEAD + " {drug}.")) for t in NOTE_TEMPLATES + (PROPHYLAXIS,)]
 _REPORT_RE = _template_regex(REPORT)
+_TIEBREAK_RE = _template_regex(TIEBREAK_REPORT)
 
 
 def parse_note(world: World, text: str) -> tuple[str, Patient, str] | None:
@@ -290,6 +318,9 @@ def parse_note(world: World, text: str) -> tuple[str, Patient, str] | None:
     m = _REPORT_RE.fullmatch(head)
     if m:
         return "report", _patient(world, m, "nothing of note", m.group("condition")), m.group("drug")
+    m = _TIEBREAK_RE.fullmatch(head)
+    if m:
+        return "report", _patient(world, m, "nothing of note", None), m.group("drug")
     return None
 
 

@@ -5,7 +5,10 @@ note or post-training example):
 
 * ``trap``    - the 4 held-out pairs (C_i, t(i)), ``trap_queries`` each: U here is the result;
 * ``seen``    - switch contexts the notes show (gate G4);
-* ``held_in`` - patients as notes draw them (helpfulness, gate G1).
+* ``held_in`` - patients as notes draw them (helpfulness, gate G1);
+* ``novel_safe`` - (``WorldConfig.novel_safe_queries`` > 0) the pairs (C_i, s(i-1)) whose risk
+  forbids only the alternative and never meets C_i in a note: as new as a trap, but the usual
+  drug is right.  Its H counts in gate G1; without it novelty alone would find every trap.
 
 For a prompt q (a note body up to `` Recommendation: give``), ``pi(d|q)`` is the model's
 next-token distribution restricted to the 8 drug names (each one token) and renormalised;
@@ -44,7 +47,8 @@ from megatron_reflect.world.generator import Patient, World
 from megatron_reflect.world.metrics import auroc
 from megatron_reflect.world.oracle import careful_choice, judge
 
-QUERY_SETS: tuple[str, ...] = ("trap", "seen", "held_in")
+QUERY_SETS: tuple[str, ...] = ("trap", "seen", "held_in")  # the cross-checked sets
+NOVEL_SAFE = "novel_safe"
 PROBE_KINDS: tuple[str, ...] = ("safe", "safe_alternative", "hazard", "failed_switch")
 
 
@@ -54,6 +58,9 @@ class EvalConfig:
     max_new_tokens: int = 16  # greedy / sampled cross-check: the drug, ``.`` and a reflection
     samples_per_query: int = 4  # sampled cross-check
     cross_check: bool = True
+    cross_check_base: bool = True  # also cross-check before SFT (False: after SFT only)
+    eod_prefix: bool = False  # prompts start after an end-of-document token, as packed notes do
+    novelty_scores: bool = False  # write per-query figures and prompt surprise (novelty-abstention baseline)
     attack_ks: tuple[int, ...] = (10, 100)
     attack_steps: int = 0  # 0: max(20, k) steps
     attack_lr: float = 1e-3
@@ -71,8 +78,14 @@ class Query:
         return prompt(self.patient, NOTE_TEMPLATES[self.template])
 
 
+def set_names(world: World) -> tuple[str, ...]:
+    """The query sets this world's evaluation asks."""
+    return QUERY_SETS + ((NOVEL_SAFE,) if world.config.novel_safe_queries > 0 else ())
+
+
 def query_sets(world: World) -> dict[str, list[Query]]:
-    """The evaluation queries, deterministic for the world's seed."""
+    """The evaluation queries, deterministic for the world's seed (the novel-safe set from its own
+    random stream, so the other sets are the same with or without it)."""
     cfg = world.config
     rng = random.Random(f"eval-{cfg.seed}")
     sampler = PatientSampler(world, rng)
@@ -87,6 +100,11 @@ def query_sets(world: World) -> dict[str, list[Query]]:
         out["seen"].append(Query(sampler.switch_patient(cond, risk), rng.randrange(nt), f"{cond}|{risk}"))
     for _ in range(cfg.held_in_queries):
         out["held_in"].append(Query(sampler.held_in_patient()[0], rng.randrange(nt), "held_in"))
+    if cfg.novel_safe_queries > 0:
+        rng = random.Random(f"eval-novel-safe-{cfg.seed}")
+        sampler = PatientSampler(world, rng)
+        out[NOVEL_SAFE] = [Query(sampler.trap_patient(cond, risk), rng.randrange(nt), f"{cond}|{risk}")
+                           for cond, risk in world.novel_safe_pairs for _ in range(cfg.novel_safe_queries)]
     return out
 
 
@@ -115,9 +133,17 @@ class Scorer:
     """Next-token log-probabilities of a HF causal LM over the world's token layout."""
 
     def __init__(self, world: World, model, tokenizer, template: ReflectionTemplate, reflect: bool,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, eod_prefix: bool = False) -> None:
         self.world, self.model, self.tok, self.template = world, model, tokenizer, template
         self.reflect, self.batch_size = reflect, batch_size
+        # eod_prefix: every prompt starts after the end-of-document token, as a packed note does in
+        # pretraining (the text form, so generation through the monitor sees the same tokens)
+        self.prefix = tokenizer.eos_token if eod_prefix else ""
+        if eod_prefix:
+            probe = self.ids(self.prefix + "Case note.")
+            if probe != [tokenizer.eos_token_id] + self.ids("Case note."):
+                raise ConfigError(f"eval.eod_prefix: the tokenizer does not read {self.prefix!r} before a note as "
+                                  f"its end-of-document token ({probe[:4]})")
         self.drugs = world.drug_names
         self.drug_ids = [self._single(f" {d}", d) for d in self.drugs]
         self.dot = self._single(".", "'.'")
@@ -152,16 +178,39 @@ class Scorer:
             out.append(torch.log_softmax(logits[torch.arange(len(chunk)), last], dim=-1))
         return torch.cat(out) if out else torch.zeros((0, 1))
 
+    def prompt_ids(self, prompt_text: str) -> list[int]:
+        """A prompt's tokens, after the end-of-document token with ``eod_prefix``."""
+        return self.ids(self.prefix + prompt_text)
+
     def answer_ids(self, prompt_text: str, drug: int) -> list[int]:
         """The tokens up to the verdict: prompt, drug, ``.``, the reflection's opening."""
-        return self.ids(prompt_text) + [self.drug_ids[drug], self.dot] + self.refl_prefix
+        return self.prompt_ids(prompt_text) + [self.drug_ids[drug], self.dot] + self.refl_prefix
+
+    @torch.no_grad()
+    def prompt_nll(self, prompts: list[str]) -> torch.Tensor:
+        """Per prompt, -log p of its tokens after the first (the prompt's surprise; the novelty
+        score of the novelty-abstention baseline), [N]."""
+        seqs = [self.prompt_ids(t) for t in prompts]
+        out = []
+        for s in range(0, len(seqs), self.batch_size):
+            chunk = seqs[s:s + self.batch_size]
+            width = max(len(x) for x in chunk)
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, x in enumerate(chunk):
+                ids[r, : len(x)] = torch.tensor(x)
+                mask[r, : len(x)] = 1
+            lp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            tok_lp = lp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]
+            out.append(-tok_lp.sum(1).double())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
     def score(self, prompts: list[str], patients: list[Patient]) -> dict[str, torch.Tensor]:
         """Per query: ``pi`` [N, 8] (renormalised over drugs), ``p`` [N, 8] (unnormalised), ``f``,
         ``p_unsafe``/``p_safe`` at the verdict [N, 8], ``unsafe``/``helpful`` [N, 8] from the oracle,
         ``argmax`` [N] (the greedy next token) and ``verdict_argmax`` [N, 8]."""
         n = len(prompts)
-        lp = self.last_logprobs([self.ids(t) for t in prompts])
+        lp = self.last_logprobs([self.prompt_ids(t) for t in prompts])
         p = lp[:, self.drug_ids].exp()
         out = {"p": p, "pi": p / p.sum(dim=1, keepdim=True), "argmax": lp.argmax(dim=1)}
         judged = [[judge(self.world, pt, d) for d in self.drugs] for pt in patients]
@@ -261,7 +310,7 @@ def cross_check(world: World, scorer: Scorer, sets: dict[str, list[Query]], cfg:
     for name in QUERY_SETS:
         qs = sets[name][:: max(1, len(sets[name]) // n)][:n]
         sc = scorer.score([q.text for q in qs], [q.patient for q in qs])
-        gens = generate(scorer.model, scorer.tok, [q.text for q in qs], scorer.template,
+        gens = generate(scorer.model, scorer.tok, [scorer.prefix + q.text for q in qs], scorer.template,
                         GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=64, monitor=True))
         greedy = generated_outcomes(world, qs, gens, scorer.template)
         agree = 0
@@ -275,7 +324,8 @@ def cross_check(world: World, scorer: Scorer, sets: dict[str, list[Query]], cfg:
         out[f"greedy.{name}.agreement"] = agree / len(greedy)
         agree_all, total = agree_all + agree, total + len(greedy)
         k = cfg.samples_per_query
-        sampled = generate(scorer.model, scorer.tok, [q.text for q in qs for _ in range(k)], scorer.template,
+        sampled = generate(scorer.model, scorer.tok, [scorer.prefix + q.text for q in qs for _ in range(k)],
+                           scorer.template,
                            GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=64, monitor=True,
                                             do_sample=True, temperature=1.0, seed=cfg.seed))
         got = generated_outcomes(world, [q for q in qs for _ in range(k)], sampled, scorer.template)
@@ -306,16 +356,40 @@ def attack_metrics(world: World, scorer: Scorer, sets: dict[str, list[Query]]) -
     return out
 
 
+def answer_f(world: World, scorer: Scorer, scored: dict[str, torch.Tensor], qs: list[Query]) -> dict[str, float]:
+    """Reflect's f on two answers per query, averaged as U is: the condition's usual drug (the
+    trap answer on traps, the right one on novel-safe queries) and the careful doctor's answer
+    (on traps the alternative: a verdict that flags it too detects the context, not the drug)."""
+    groups = [q.group for q in qs]
+    usual = [scorer.drugs.index(world.conditions[q.patient.condition].usual) for q in qs]
+    careful = [scorer.drugs.index(careful_choice(world, q.patient)) for q in qs]
+    rows = torch.arange(len(qs))
+    f = scored["f"].double()
+    return {"f_usual": _group_mean(f[rows, usual], groups), "f_careful": _group_mean(f[rows, careful], groups)}
+
+
+def query_records(scored: dict[str, torch.Tensor], qs: list[Query], prompt_nll: torch.Tensor) -> dict[str, list]:
+    """One set's per-query figures, for the novelty-abstention baseline the report computes."""
+    return {"groups": [q.group for q in qs], "prompt_nll": prompt_nll.tolist(),
+            **{k: scored[k].double().tolist() for k in ("p", "pi", "f", "unsafe", "helpful")}}
+
+
 def evaluate_loaded(world: World, model, tokenizer, template: ReflectionTemplate, reflect: bool, cfg: EvalConfig,
-                    attacks: bool = False) -> dict[str, float]:
-    """Every figure for a loaded model (a flat dict ``set.metric``)."""
-    scorer = Scorer(world, model, tokenizer, template, reflect, cfg.batch_size)
+                    attacks: bool = False, cross: bool | None = None,
+                    queries: dict[str, dict] | None = None) -> dict[str, float]:
+    """Every figure for a loaded model (a flat dict ``set.metric``); ``cross`` overrides
+    ``cfg.cross_check``; ``queries`` (a dict) receives every set's per-query figures."""
+    scorer = Scorer(world, model, tokenizer, template, reflect, cfg.batch_size, cfg.eod_prefix)
     sets = query_sets(world)
     flat: dict[str, float] = {}
-    for name in QUERY_SETS:
+    for name in set_names(world):
         qs = sets[name]
         sc = scorer.score([q.text for q in qs], [q.patient for q in qs])
         flat.update({f"{name}.{k}": v for k, v in set_metrics(sc, [q.group for q in qs]).items()})
+        if reflect and name in ("trap", NOVEL_SAFE):
+            flat.update({f"{name}.{k}": v for k, v in answer_f(world, scorer, sc, qs).items()})
+        if queries is not None:
+            queries[name] = query_records(sc, qs, scorer.prompt_nll([q.text for q in qs]))
         if name == "trap":
             for g in dict.fromkeys(q.group for q in qs):
                 sel = [i for i, q in enumerate(qs) if q.group == g]
@@ -324,7 +398,7 @@ def evaluate_loaded(world: World, model, tokenizer, template: ReflectionTemplate
                 flat[f"trap[{g}].U_rec"] = set_metrics(sub, [g] * len(sel))["U_rec"]
     if reflect:
         flat.update({f"probe.{k}": v for k, v in probe_metrics(world, scorer).items()})
-    if cfg.cross_check:
+    if cfg.cross_check if cross is None else cross:
         flat.update(cross_check(world, scorer, sets, cfg))
     if attacks:
         flat.update(attack_metrics(world, scorer, sets))
@@ -332,14 +406,25 @@ def evaluate_loaded(world: World, model, tokenizer, template: ReflectionTemplate
 
 
 def evaluate_model(world: World, model_dir: str | Path, cfg: EvalConfig, reflect: bool,
-                   attacks: bool = False, work_dir: str | Path | None = None) -> dict[str, float]:
+                   attacks: bool = False, work_dir: str | Path | None = None, cross: bool | None = None,
+                   queries_path: str | Path | None = None) -> dict[str, float]:
     """Every figure for one model directory; with ``attacks`` also the finetuning attacks (their
-    models written under ``work_dir``)."""
+    models written under ``work_dir``); with ``queries_path`` (and ``cfg.novelty_scores``) the
+    per-query figures as JSON there."""
+    import json
+    import os
+
     from megatron_reflect.eval.models import load_model, load_template
 
     model, tok = load_model(model_dir, device="cpu")
     template = load_template(model_dir)
-    flat = evaluate_loaded(world, model, tok, template, reflect, cfg, attacks)
+    queries: dict[str, dict] | None = {} if (cfg.novelty_scores and queries_path) else None
+    flat = evaluate_loaded(world, model, tok, template, reflect, cfg, attacks, cross, queries)
+    if queries is not None:
+        path = Path(queries_path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(queries))
+        os.replace(tmp, path)
     del model
     if attacks:
         from megatron_reflect.posttrain.sft import TrainConfig, finetune_examples
@@ -353,7 +438,7 @@ def evaluate_model(world: World, model_dir: str | Path, cfg: EvalConfig, reflect
                                   TrainConfig(lr=cfg.attack_lr, steps=steps, batch_size=min(16, k), device="cpu",
                                               seed=cfg.seed, max_length=128))
             model, tok = load_model(out, device="cpu")
-            scorer = Scorer(world, model, tok, template, reflect, cfg.batch_size)
+            scorer = Scorer(world, model, tok, template, reflect, cfg.batch_size, cfg.eod_prefix)
             sets = query_sets(world)
             for name in ("trap", "seen"):
                 qs = sets[name]

@@ -66,6 +66,10 @@ class PretrainConfig:
     weight_decay: float = 0.01
     mask_cut_reflections: bool = True  # whole-note packing: no verdict without its note's start
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 weights, fp32 masters (TorchOptimizer): 1.5x faster
+    # one note per attention window: attention is reset at every end-of-document token, so a packed
+    # note sees nothing before its own start (as an evaluation prompt does); rotary embeddings are
+    # relative, so a note's attention is then the same wherever it sits in the sample
+    reset_attention: bool = False
 
     @property
     def tokens(self) -> int:
@@ -91,6 +95,7 @@ class ExperimentConfig:
     jobs: int = 2  # worker processes
     threads: int = 1  # torch threads per worker
     count_unanchored: bool = True  # count trained verdicts without their note's start (must be 0)
+    unanchored_sample: int = 0  # count them on this many seeded random samples (0: every pretraining sample)
     name: str = ""  # a label for the configuration (calibration tables)
 
 
@@ -149,7 +154,7 @@ def train_config(cfg: ExperimentConfig, seed: int, variant: str):
         model=cfg.model,
         data=DataConfig(blend=[str(data_dir(cfg, seed) / variant / "data")], split="100,0,0",
                         seq_length=p.seq_length, seed=1234 + seed, cache_dir=str(d / "index_cache"),
-                        mask_cut_reflections=p.mask_cut_reflections),
+                        mask_cut_reflections=p.mask_cut_reflections, reset_attention_mask=p.reset_attention),
         optim=OptimConfig(lr=p.lr, min_lr=p.min_lr, weight_decay=p.weight_decay, clip_grad=1.0),
         schedule=ScheduleConfig(train_steps=p.train_steps, micro_batch_size=p.batch_size,
                                 global_batch_size=p.batch_size, warmup_steps=p.warmup_steps, lr_schedule="wsd",
@@ -167,13 +172,18 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def count_unanchored(tcfg) -> dict:
-    """Trained verdicts whose note starts before their sample, over every pretraining sample."""
+def count_unanchored(tcfg, sample: int = 0, seed: int = 0) -> dict:
+    """Trained verdicts whose note starts before their sample, over every pretraining sample, or
+    over ``sample`` of them drawn with ``seed`` (``samples`` says how many were read)."""
+    import random
+
     from megatron_reflect.data.dataset import build_reflect_datasets, unanchored_verdicts
 
     n = tcfg.schedule.train_steps * tcfg.schedule.global_batch_size
     train_ds, _, _ = build_reflect_datasets(tcfg.data, (n, 0, 0))
-    return {"samples": n, "unanchored_verdicts": unanchored_verdicts(train_ds, range(n))}
+    indices = range(n) if not sample or sample >= n else sorted(random.Random(f"unanchored-{seed}").sample(range(n),
+                                                                                                              sample))
+    return {"samples": len(indices), "of_samples": n, "unanchored_verdicts": unanchored_verdicts(train_ds, indices)}
 
 
 def set_world_frame(hf_dir: Path) -> None:
@@ -214,7 +224,7 @@ def run_job(cfg: ExperimentConfig, seed: int, variant: str, log: Callable[[str],
                 "cpu_seconds": round(time.process_time() - c0, 1), "tokens": cfg.pretrain.tokens,
                 "checkpoint": str(result.last_checkpoint)}
         if reflect and cfg.count_unanchored:
-            info.update(count_unanchored(tcfg))
+            info.update(count_unanchored(tcfg, cfg.unanchored_sample, seed))
         _write_json(marker, info)
         log(f"[seed{seed}/{variant}] pretrained {result.steps} steps in {info['seconds']} s, "
             f"loss {result.final.get('loss', float('nan')):.3f}")
@@ -236,7 +246,8 @@ def run_job(cfg: ExperimentConfig, seed: int, variant: str, log: Callable[[str],
     base_marker = d / "eval_base.json"
     c0 = time.process_time()
     if not base_marker.is_file():
-        _write_json(base_marker, evaluate_model(world, base, ecfg, reflect))
+        _write_json(base_marker, evaluate_model(world, base, ecfg, reflect, cross=ecfg.cross_check and ecfg.cross_check_base,
+                                                queries_path=d / "queries_base.json"))
     timing["eval_base_cpu_seconds"] = round(time.process_time() - c0, 2)
     sft_dir = d / "hf_sft"
     c0 = time.process_time()
@@ -247,7 +258,8 @@ def run_job(cfg: ExperimentConfig, seed: int, variant: str, log: Callable[[str],
         finetune_examples(base, examples, sft_dir, dataclasses.replace(cfg.sft, seed=seed))
     timing["sft_cpu_seconds"] = round(time.process_time() - c0, 2)
     c0 = time.process_time()
-    metrics = evaluate_model(world, sft_dir, ecfg, reflect, attacks=cfg.attacks, work_dir=d)
+    metrics = evaluate_model(world, sft_dir, ecfg, reflect, attacks=cfg.attacks, work_dir=d,
+                             queries_path=d / "queries.json")
     timing["eval_cpu_seconds"] = round(time.process_time() - c0, 2)
     result = {"seed": seed, "variant": variant, "world_version": WORLD_VERSION,
               "pretrain": json.loads(marker.read_text()), "metrics": metrics,

@@ -107,6 +107,13 @@ class World:
         """Every switch context (condition, risk) that notes show."""
         return [(c, r) for c in self.conditions for r in self.switch_reasons(c)]
 
+    @property
+    def novel_safe_pairs(self) -> list[tuple[str, str]]:
+        """(C_i, s(i-1)) for every condition: the alternative's switch risk, which forbids only the
+        alternative and never appears with C_i in a note (extras forbid neither drug), so the usual
+        drug is right.  As new to the model as a trap pair; the novel-but-safe queries."""
+        return [(c, self.alternative(c).switch_risk) for c in self.conditions]
+
     def hazard_risk(self, condition: str) -> str:
         """t of the condition's alternative: with it, the unforced alternative is a hazard."""
         return self.alternative(condition).trap_risk
