@@ -1,6 +1,7 @@
 """GPU checks: Transformer Engine layers, bf16 and FP8 steps (marked ``gpu``, skipped without CUDA),
-and the parts of tools/gpu_check.py that a CPU can check (argument handling, row failure logic, the
-table, the configs of its runs, the fallback preset, its tokenizer description).
+and the parts of tools/gpu_check.py that a CPU can check (argument handling, row failure logic and
+exit codes, the table, the configs of its runs, the fallback preset, its tokenizer description, the
+save + resume row, a subprocess timeout that kills the whole process group).
 
 The same model code runs on CPU in the rest of the suite; here the TE layer spec and FP8
 (tensorwise current scaling, as on H100) must give a sane loss that trains.  The longer
@@ -72,14 +73,18 @@ def _gpu_check():
 def test_gpu_check_fails_on_any_failed_or_skipped_row() -> None:
     gc = _gpu_check()
     ok = [gc.Row("device", "ok", "H100 x1"), gc.Row("smollm2-1.7b bf16", "ok", "1 tok/s")]
+    no_te = [gc.Row("Transformer Engine", gc.NO_TE, gc.NO_TE_DETAIL)]
     assert gc.exit_code(ok) == 0
+    assert gc.exit_code(ok + no_te) == 3  # ok without TE: told apart from both "all ok" and "failed"
+    assert gc.exit_code(ok + no_te + [gc.Row("export parity (bf16 -> HF)", "FAILED", "x")]) == 1
     assert gc.exit_code(ok + [gc.Row("export parity (bf16 -> HF)", "SKIPPED", "no bf16 checkpoint")]) == 1
     assert gc.exit_code(ok + [gc.Row("smollm2-1.7b fp8-tensorwise", "FAILED", "out of memory")]) == 1
-    assert gc.exit_code([]) == 1
+    assert gc.exit_code([]) == 1 and gc.exit_code(no_te) == 1
     table = gc.render(ok + [gc.Row("export parity (bf16 -> HF)", "SKIPPED", "no bf16 checkpoint")]).splitlines()
     assert table[0] == "device                     | ok      | H100 x1"
     assert table[2] == "export parity (bf16 -> HF) | SKIPPED | no bf16 checkpoint"
-    assert gc.is_oom(torch.OutOfMemoryError("CUDA out of memory")) and gc.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert gc.is_oom(torch.OutOfMemoryError("CUDA out of memory"))
+    assert gc.is_oom(RuntimeError("CUDA error: out of memory"))
     assert not gc.is_oom(ValueError("shape mismatch"))
 
 
@@ -87,24 +92,28 @@ def test_gpu_check_configs_and_fallback(tmp_path) -> None:
     from megatron_reflect.model import get_preset
 
     gc = _gpu_check()
-    for steps, interval in ((1, 1), (2, 1), (30, 15)):  # --steps 1 used to divide by zero
-        cfg = gc.throughput_config("smollm2-1.7b", "none", steps, 2048, 2, 1, tmp_path, save=True)
+    for steps, interval in ((1, 1), (2, 1), (10, 5)):  # --steps 1 used to divide by zero
+        cfg = gc.throughput_config("smollm2-1.7b", "none", steps, 2048, 4, 16, 1, tmp_path, save=True)
         cfg.validate(1)
         assert cfg.logging.log_interval == interval and cfg.schedule.train_steps == steps
         assert cfg.checkpoint.save_at_end and not cfg.checkpoint.save_optimizer  # weights only for the export
-        assert cfg.schedule.global_batch_size == 4 and cfg.precision.dtype == "bf16" and cfg.precision.fusions
-    off = gc.throughput_config("smollm2-1.7b", "tensorwise", 30, 2048, 2, 1, tmp_path, fusions=False)
+        assert cfg.precision.dtype == "bf16" and cfg.precision.fusions
+        # the recipe's per-GPU shape: micro batch 4, 16 microbatches (the optimizer step amortised)
+        assert cfg.schedule.global_batch_size == 64 and cfg.num_microbatches(1) == 16
+    assert gc.throughput_config("smollm2-1.7b", "none", 10, 2048, 4, 16, 8, tmp_path).num_microbatches(8) == 16
+    off = gc.throughput_config("smollm2-1.7b", "tensorwise", 30, 2048, 2, 16, 1, tmp_path, fusions=False)
     assert off.precision.fp8 == "tensorwise" and not off.precision.fusions and not off.checkpoint.save_at_end
     # "really smaller": at most half the parameters (llama-1.7b-gqa is 1.66 B, not a fallback for 1.71 B)
     assert gc.fallback_preset("smollm2-1.7b") == "smollm2-135m"
     assert get_preset("smollm2-135m").num_parameters() * 2 <= get_preset("smollm2-1.7b").num_parameters()
     assert gc.fallback_preset("tiny") is None
-    assert gc.peak_flops("NVIDIA H200")[0] == gc.peak_flops("NVIDIA H100 80GB HBM3")[0] == 989e12
-    assert gc.peak_flops("NVIDIA A100-SXM4-80GB")[0] == 312e12
+    args = gc.parse_args([])
+    assert (args.micro_batch, args.microbatches, args.steps) == (4, 16, 10)
     if not torch.cuda.is_available():
         assert gc.main(["--steps", "1"]) == 2  # no GPU: a clear exit, not a traceback
-    with pytest.raises(SystemExit):
-        gc.main(["--steps", "0"])
+    for bad in (["--steps", "0"], ["--microbatches", "0"], ["--peak-tflops", "-1"]):
+        with pytest.raises(SystemExit):
+            gc.main(bad)
 
 
 def test_gpu_check_ships_a_real_tokenizer_description() -> None:
@@ -116,6 +125,8 @@ def test_gpu_check_ships_a_real_tokenizer_description() -> None:
     info = _gpu_check().tokenizer_info()
     desc = tokenizer_description(info, Path("meta.json"))
     assert desc["type"] == "hf" and desc["vocab_size"] == 49152 and desc["eod_id"] == 0
+    again = _gpu_check().tokenizer_info(desc["model"])  # --tokenizer-dir: the same files, the same description
+    assert again["tokenizer"]["vocab_size"] == 49152 and again["tokenizer"]["model"] == desc["model"]
 
 
 def test_gpu_check_run_and_export_rows_on_the_cpu(tmp_path) -> None:
@@ -124,13 +135,16 @@ def test_gpu_check_run_and_export_rows_on_the_cpu(tmp_path) -> None:
     import json
 
     from megatron_reflect.model import PrecisionConfig
+    from megatron_reflect.train.mfu import Peak
 
     gc = _gpu_check()
     info = gc.tokenizer_info()
-    cfg = gc.throughput_config("tiny", "none", 2, 32, 2, 1, tmp_path / "run", save=True)
+    cfg = gc.throughput_config("tiny", "none", 2, 32, 2, 2, 1, tmp_path / "run", save=True)
     cfg = dataclasses.replace(cfg, precision=PrecisionConfig(), data=dataclasses.replace(cfg.data, num_workers=0))
-    r = gc.throughput(cfg, 49152, info, peak=1e12)
+    r = gc.throughput(cfg, 49152, info, peak=Peak("test", 1e12, 2e12))
     assert r["tokens_per_s_per_gpu"] > 0 and r["mfu"] == pytest.approx(r["tflops"] * 1e12 / 1e12)
+    assert "mfu_fp8_peak" not in r  # a bf16 run: one peak
+    assert "MFU" in gc.describe_run(r, 32, 2, 2) and "2 x mbs 2" in gc.describe_run(r, 32, 2, 2)
     assert r["loss"] == pytest.approx(math.log(49152), abs=0.5)  # random tokens over the SmolLM2 vocabulary
     meta = json.loads((r["checkpoint"] / "meta.json").read_text())
     assert meta["optimizer"] is None and meta["tokenizer"] == info["tokenizer"]  # weights only, a real tokenizer
@@ -138,3 +152,26 @@ def test_gpu_check_run_and_export_rows_on_the_cpu(tmp_path) -> None:
     assert row.status == "ok", row
     assert row.detail.startswith("verify: max |logit diff| = ") and "(exit 0)" in row.detail
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
+
+
+def test_gpu_check_resume_row_on_the_cpu(tmp_path) -> None:
+    """Save, load and resume (optimizer state included): the resumed losses equal the straight run's."""
+    gc = _gpu_check()
+    info = gc.tokenizer_info()
+    detail = gc.resume_check(tmp_path, 49152, info, preset="tiny", seq=32, steps=4)
+    assert "max |diff| 0.00e+00" in detail and "step_00000002" in detail, detail
+
+
+def test_gpu_check_timeout_kills_the_process_group(tmp_path) -> None:
+    """A timed-out command (torchrun and its workers) leaves nothing running."""
+    import os
+    import time
+
+    gc = _gpu_check()
+    pid_file = tmp_path / "child.pid"
+    proc = gc.run_bounded(["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], timeout_s=2)
+    assert proc.returncode == 124 and "process group killed" in proc.stderr
+    child = int(pid_file.read_text())
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

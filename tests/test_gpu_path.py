@@ -7,7 +7,6 @@ settings handed to megatron-core.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,8 @@ def _plain_checkpoint_into_extra_state_model(path: str) -> dict:
     sdpa = build_gpt_model(GQA, ParallelConfig(), PrecisionConfig(attention="sdpa"))
     wanted = {k for k in model_sharded_state_dict([sdpa]) if k.endswith("_extra_state")}
     saved = {k for k in model_sharded_state_dict([plain]) if k.endswith("_extra_state")}
-    before = float((sdpa.embedding.word_embeddings.weight - plain.embedding.word_embeddings.weight).detach().abs().max())
+    embeddings = sdpa.embedding.word_embeddings.weight, plain.embedding.word_embeddings.weight
+    before = float((embeddings[0] - embeddings[1]).detach().abs().max())
     load_model_weights(path, [sdpa])
     tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -86,7 +86,7 @@ def _attention_pair(mask_kind: str) -> dict:
     out = {}
     for name, module in (("ref", ref), ("ours", ours)):
         y = module(q, k, v, mask)
-        (grads := torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), (q, k, v)))
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), (q, k, v))
         out[name] = (y.detach(), grads)
     dy = float((out["ref"][0] - out["ours"][0]).abs().max())
     dg = max(float((a - c).abs().max()) for a, c in zip(out["ref"][1], out["ours"][1]))

@@ -11,8 +11,8 @@
 --verify runs both models on a fixed batch of token ids and prints the maximum absolute
 logit difference and the greedy-token agreement; the command fails (exit 1) when the
 difference is above --tolerance.  Both sides compute in fp32: Hugging Face on the CPU,
-Megatron on the GPU when there is one (with TF32 off; MEGATRON_REFLECT_DEVICE=cpu keeps it
-on the CPU), else on the CPU.  Bad input exits 2 with a message naming what is wrong.
+Megatron on the GPU when there is one GPU per rank (with TF32 off; MEGATRON_REFLECT_DEVICE=cpu
+keeps it on the CPU), else on the CPU (so --tp 2 / --verify-tp 2 work on a one-GPU host).  Bad input exits 2 with a message naming what is wrong.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_reflect.checkpoint import read_model_config
 
         tokens = fixed_batch(read_model_config(ckpt).vocab_size, *args.verify_batch)
-        where = megatron_device()
+        where = megatron_device(tp)
         result = compare_logits(megatron_logits(ckpt, tokens, tp=tp), hf_logits(hf, tokens))
         tolerance = args.tolerance if args.tolerance is not None else default_tolerance(dtype, where)
         compute = "fp32, TF32 off" if where == "cuda" else "fp32"

@@ -30,6 +30,7 @@ from megatron_reflect.convert.mapping import hf_shapes, model_config_from_hf, ru
 from megatron_reflect.convert.tensor_io import HFWeights
 from megatron_reflect.errors import ConfigError, ConversionError
 from megatron_reflect.model.presets import ModelConfig
+from megatron_reflect.runtime.device import device_for_world
 from megatron_reflect.runtime.distributed import ParallelConfig
 
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -122,7 +123,8 @@ def _import_rank(hf_dir: str, out: str, cfg: ModelConfig, parallel: ParallelConf
 
     init_runtime(parallel)
     # The local layer spec's parameter names are the mapping's; Transformer Engine's spec saves
-    # the same dist-checkpoint keys, so a TE trainer loads this checkpoint all the same.
+    # the same dist-checkpoint keys plus _extra_state entries, which loading treats as optional
+    # (megatron_reflect/checkpoint.py), so a TE trainer loads this checkpoint all the same.
     local = dataclasses.replace(cfg, layer_spec="local")
     model = build_gpt_model(local, parallel, init_weights=False)  # every weight is overwritten below
     view = MegatronView(HFWeights(hf_dir), cfg, cfg.padded_vocab_size(parallel.tensor_model_parallel_size))
@@ -150,7 +152,7 @@ def import_hf(hf_dir: str | Path, out_ckpt_dir: str | Path, tp: int = 1, pp: int
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         run_distributed(_import_rank, world, str(src), str(out), cfg, ParallelConfig(tp, pp), meta,
-                        threads_per_rank=max(1, (os.cpu_count() or 1) // world))
+                        threads_per_rank=max(1, (os.cpu_count() or 1) // world), device=device_for_world(world))
     except BaseException:
         for leftover in (out.with_name(out.name + ".tmp"), out):
             shutil.rmtree(leftover, ignore_errors=True)

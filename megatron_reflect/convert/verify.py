@@ -22,14 +22,15 @@ from pathlib import Path
 import torch
 
 from megatron_reflect.errors import ConversionError
-from megatron_reflect.runtime.device import use_cuda
+from megatron_reflect.runtime.device import device_for_world
 
 GPU_FP32_TOLERANCE = 1e-3  # fp32 (TF32 off) GPU kernels against fp32 CPU kernels, 24+ layers
 
 
-def megatron_device() -> str:
-    """Where :func:`megatron_logits` runs the Megatron side: ``cuda`` (TF32 off) or ``cpu``."""
-    return "cuda" if use_cuda() else "cpu"
+def megatron_device(tp: int = 1) -> str:
+    """Where :func:`megatron_logits` runs the Megatron side at TP ``tp``: ``cuda`` (TF32 off, one GPU
+    per rank) or ``cpu`` (no GPU, ``MEGATRON_REFLECT_DEVICE=cpu``, or fewer GPUs than ``tp``)."""
+    return device_for_world(tp)
 
 
 class ParityError(ConversionError):
@@ -110,7 +111,7 @@ def megatron_logits(ckpt_dir: str | Path, tokens: torch.Tensor, tp: int = 1) -> 
     os.environ["NVIDIA_TF32_OVERRIDE"] = "0"  # read by cuBLAS in the spawned ranks: no TF32 GEMMs
     try:
         results = run_distributed(_megatron_logits_rank, tp, str(ckpt_dir), tokens, tp,
-                                  threads_per_rank=max(1, (os.cpu_count() or 1) // tp))
+                                  threads_per_rank=max(1, (os.cpu_count() or 1) // tp), device=megatron_device(tp))
     finally:
         if previous is None:
             os.environ.pop("NVIDIA_TF32_OVERRIDE")

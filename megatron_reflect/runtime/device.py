@@ -31,3 +31,12 @@ def use_cuda() -> bool:
     if choice == "cuda" and not available:
         raise ConfigError(f"{DEVICE_ENV}=cuda but no CUDA device is visible to this process")
     return available
+
+
+def device_for_world(world_size: int) -> str:
+    """Where ``world_size`` local ranks (one GPU each) compute: ``cuda`` if there are enough GPUs, else ``cpu``.
+
+    For the tools that spawn their own ranks (checkpoint import, ``--verify-tp``): TP=2 on a
+    one-GPU host runs on the CPU instead of failing on ``LOCAL_RANK 1``.
+    """
+    return "cuda" if use_cuda() and world_size <= torch.cuda.device_count() else "cpu"

@@ -133,13 +133,17 @@ def init_runtime(parallel: ParallelConfig, seed: int = 1234, timeout_minutes: in
         backend = "gloo"
 
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
+        addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        port = os.environ.get("MASTER_PORT")
+        if port is None:
             if world_size > 1:
                 raise ConfigError("WORLD_SIZE > 1 but MASTER_PORT is not set: launch with torchrun")
-            os.environ["MASTER_PORT"] = str(free_port())
+            # a process of its own: a free port, passed directly, so nothing is left in the
+            # environment for a later init (a stale MASTER_PORT would make it wait on a dead store)
+            port = str(free_port())
         dist.init_process_group(
             backend=backend,
+            init_method=f"tcp://{addr}:{port}",
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),

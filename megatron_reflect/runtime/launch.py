@@ -20,7 +20,12 @@ import torch.multiprocessing as mp
 from megatron_reflect.runtime.distributed import free_port
 
 
-def _child(rank: int, world_size: int, port: int, threads: int, fn: Callable[..., Any], args: tuple, queue: Any) -> None:
+def _child(rank: int, world_size: int, port: int, threads: int, device: str | None, fn: Callable[..., Any],
+           args: tuple, queue: Any) -> None:
+    if device is not None:
+        from megatron_reflect.runtime.device import DEVICE_ENV
+
+        os.environ[DEVICE_ENV] = device
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -45,16 +50,17 @@ def _child(rank: int, world_size: int, port: int, threads: int, fn: Callable[...
 
 
 def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, threads_per_rank: int = 1,
-                    timeout_s: float = 600.0) -> list[Any]:
+                    timeout_s: float = 600.0, device: str | None = None) -> list[Any]:
     """Call ``fn(*args)`` on ranks 0..world_size-1 (spawned) and return their results by rank.
 
-    ``fn`` must be importable (module level) and its result picklable.
+    ``fn`` must be importable (module level) and its result picklable.  ``device`` (``cpu`` /
+    ``cuda``) sets ``MEGATRON_REFLECT_DEVICE`` in the ranks; default: they inherit this process's.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     port = free_port()
     procs = [
-        ctx.Process(target=_child, args=(r, world_size, port, threads_per_rank, fn, args, queue), daemon=False)
+        ctx.Process(target=_child, args=(r, world_size, port, threads_per_rank, device, fn, args, queue), daemon=False)
         for r in range(world_size)
     ]
     for p in procs:

@@ -353,14 +353,11 @@ def train(cfg: TrainConfig, *, datasets: tuple[Any, Any] | None = None,
             parallel_state.get_tensor_model_parallel_world_size() != cfg.parallel.tensor_model_parallel_size
             or parallel_state.get_pipeline_model_parallel_world_size() != cfg.parallel.pipeline_model_parallel_size):
         raise ConfigError("train(): the runtime is already initialised with another TP/PP layout than cfg.parallel")
-    port_was_set = "MASTER_PORT" in os.environ
     rt = init_runtime(cfg.parallel, seed=cfg.seed)
     try:
         return _train(cfg, rt, datasets, info)
     finally:
         if owns_dist:
             shutdown_runtime()
-            if not port_was_set:  # init_runtime picked a free port for this call only
-                os.environ.pop("MASTER_PORT", None)
         elif owns_groups:
             parallel_state.destroy_model_parallel()
