@@ -4,9 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+FORTUNES := /usr/share/games/fortunes/literature
+
 .PHONY: setup demo test test-fast bench clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) $(FORTUNES)
+
+# Debian's fortunes: the literature of the labeler's held-out user-like test (not a Python package).
+$(FORTUNES):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "[setup] installing Debian's fortunes (the labeler's held-out literature test)"; \
+	  apt-get install -y -qq fortunes >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fortunes >/dev/null 2>&1; } || \
+	  echo "[setup] warning: could not install Debian's fortunes; the labeler's user-like test will say so"; \
+	else echo "[setup] note: run 'apt-get install fortunes' as root for the labeler's user-like test"; fi
 
 # pip's "Location ... is ignored" lines come from this machine's local wheel mirrors: filtered.
 PIP := set -o pipefail; $(PY) -m pip install --quiet --disable-pip-version-check
@@ -27,7 +38,7 @@ $(STAMP): setup.py constraints.txt requirements-data.txt tools/find_python312.sh
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(FORTUNES)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -3,11 +3,11 @@
 One run, one process, the same 100-word segments for every family: segments/s of the
 segmenter alone (the floor every labeler pays, the baseline of the ratios), then each
 family's labeler batched (``--batch-size`` segments per call, segmentation included):
-``hashed`` (word n-grams) and ``minilm`` (the transformer; the labeler embeds each segment and
-each sentence of a multi-sentence segment), plus MiniLM on the segments alone (what
-segment-only scoring would cost), the hidden states of the packaged SmolLM2-135M-Instruct
-through layer 16 (the family measured and dropped: features only, no head), and the default
-labeler one segment at a time.  Each figure is the median of ``--repeats`` runs (the machine
+``default`` (the fine-tuned MiniLM encoder: one forward per segment), ``minilm`` (the
+previous default, a linear head on frozen MiniLM embeddings of each segment and each of its
+sentences) and ``hashed`` (word n-grams), plus MiniLM embeddings of the segments alone, the
+hidden states of the packaged SmolLM2-135M-Instruct through layer 16 (a family measured and
+dropped: features only, no head), and the default labeler one segment at a time.  Each figure is the median of ``--repeats`` runs (the machine
 is shared); ratios are against the segmenter and against the hashed family measured in the
 same run.  The transformers are measured on ``--model-segments`` segments (they are ~100x
 slower), once.  torch threads: ``--threads`` (default 1, as in the tests).
@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--model-segments", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--families", default="hashed,minilm")
+    p.add_argument("--families", default="default,minilm,hashed")
     args = p.parse_args()
 
     import torch
@@ -106,17 +106,34 @@ def main() -> None:
         print(f"{name + f', batch {args.batch_size}':44s} {rates[name]:10.1f} segments/s")
 
     for family in args.families.split(","):
-        labeler = ClassifierLabeler(model=family)
+        labeler = ClassifierLabeler(model=None if family == "default" else family)
         fast = family == "hashed"
         timed(family, lambda segs, lab=labeler: lab.label(segs, {}), segments if fast else model_subset,
               args.repeats if fast else 1)
+        if family == "default" and labeler.family == "finetuned":
+            import copy
+
+            import numpy as np
+
+            from megatron_reflect.data.labelers import encoder
+
+            fp32 = labeler.model
+            dyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+            timed("default, torch dynamic int8 Linear", lambda segs: encoder.logits(dyn, [s.text for s in segs]),
+                  model_subset, 1)
+            texts = [s.text for s in model_subset]
+            a, b = encoder.logits(fp32, texts)[:, 0], encoder.logits(dyn, texts)[:, 0]
+            t = labeler.controversial_threshold
+            sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+            print(f"  dynamic int8 vs float: max |dP| {np.abs(sig(a) - sig(b)).max():.4f}, "
+                  f"flag agreement {np.mean((sig(a) >= t) == (sig(b) >= t)):.4f} on {len(texts)} segments")
         if family == "minilm":
             feat = labeler.featurizer
             timed("minilm, segments only (no sentences)", lambda segs: feat.transform([s.text for s in segs]),
                   model_subset, 1)
     timed("smollm2-135m layer 16 (dropped, features)", smollm2_features(), model_subset[:64], 1)
     default = ClassifierLabeler()
-    n_single = 64 if default.family == "minilm" else 500
+    n_single = 500 if default.family == "hashed" else 64
 
     def one_at_a_time() -> None:
         for s in segments[:n_single]:
@@ -127,8 +144,10 @@ def main() -> None:
     for family, r in rates.items():
         extra = f", {r / rates['hashed']:.4f}x hashed" if "hashed" in rates else ""
         print(f"ratio {family} / segmenter: {r / seg_rate:.4f}{extra}")
-    if default.family in rates:
-        print(f"ratio default batched / one at a time: {rates[default.family] / single:.2f}x")
+    if "default" in rates:
+        print(f"ratio default batched / one at a time: {rates['default'] / single:.2f}x")
+    if "default" in rates and "minilm" in rates:
+        print(f"ratio default / minilm (the previous default): {rates['default'] / rates['minilm']:.2f}x")
 
 
 if __name__ == "__main__":

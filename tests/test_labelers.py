@@ -20,7 +20,8 @@ from megatron_reflect.data.labelers.classifier import (ARTIFACT_NAME, Classifier
                                                        sentence_units)
 from megatron_reflect.data.labelers.openai import GUARD_INSTRUCTION
 from megatron_reflect.data.labelers.qwen3guard import format_guard_answer, parse_guard_answer
-from megatron_reflect.labeler_training.corpus import DOMAINS, benchmark_hashes, load_domain_examples
+from megatron_reflect.labeler_training.corpus import DOMAINS, load_domain_examples
+from megatron_reflect.sources import benchmark_hashes
 from megatron_reflect.labeler_training.linear import (CALIBRATION_DOMAINS, SHIPPED_HELD_OUT_DOMAIN,
                                                      evaluate_held_out_domains)
 from megatron_reflect.data.segment import SegmenterConfig, segment_document
@@ -63,6 +64,26 @@ def test_parse_guard_answer():
     assert worst([S, C, S]) is C and worst([C, U, S]) is U and worst([]) is S
 
 
+def test_parse_qwen3guard_gen_documented_outputs():
+    """Qwen3Guard-Gen's answers as its model card shows them: prompt moderation (Safety, Categories),
+    response moderation (plus Refusal), the three severities and its category names, several
+    categories at once, and the model card's own "None"."""
+    prompt_unsafe = "Safety: Unsafe\nCategories: Violent"
+    prompt_controversial = "Safety: Controversial\nCategories: Politically Sensitive Topics"
+    prompt_safe = "Safety: Safe\nCategories: None"
+    response_refused = "Safety: Safe\nCategories: None\nRefusal: Yes"
+    response_complied = "Safety: Unsafe\nCategories: Non-violent Illegal Acts\nRefusal: No"
+    several = "Safety: Unsafe\nCategories: Sexual Content or Sexual Acts, Violent"
+    assert parse_guard_answer(prompt_unsafe) == Label(U, "Violent")
+    assert parse_guard_answer(prompt_controversial) == Label(C, "Politically Sensitive Topics")
+    assert parse_guard_answer(prompt_safe) == Label(S, None)
+    assert parse_guard_answer(response_refused) == Label(S, None)
+    assert parse_guard_answer(response_complied) == Label(U, "Non-violent Illegal Acts")
+    assert parse_guard_answer(several) == Label(U, "Sexual Content or Sexual Acts")
+    for name in ("PII", "Suicide & Self-Harm", "Unethical Acts", "Copyright Violation", "Jailbreak"):
+        assert parse_guard_answer(f"Safety: Unsafe\nCategories: {name}") == Label(U, name)
+
+
 def test_oracle_document_and_span_rules():
     text = "Alpha beta. Gamma delta. Epsilon zeta. Eta theta."  # 4 sentences of 2 words
     spans = [{"start": 0, "end": 5, "verdict": "Controversial", "category": "PII"},
@@ -88,11 +109,12 @@ def test_oracle_document_and_span_rules():
         labeler.label(segs(["a"]), {"d0": Document("d0", "a", fields={"verdict": "bad"})})
 
 
-def test_classifier_artifact_held_out_domains():
-    """The shipped default: its stored held-out-domain table is complete and consistent, and on a
-    sample of the domain it was trained without (reviews), recomputed here, it flags almost nothing."""
-    meta = json.loads((default_artifact_dir() / f"{ARTIFACT_NAME}.json").read_text())
-    assert (default_artifact_dir() / f"{ARTIFACT_NAME}.npz").stat().st_size < 5_000_000
+def test_linear_minilm_artifact_held_out_domains():
+    """The previous default (a linear head on frozen MiniLM embeddings, kept as ``model=minilm`` for
+    comparison): its stored held-out-domain table is complete and consistent, and on a sample of the
+    domain it was trained without (reviews), recomputed here, it flags almost nothing."""
+    meta = json.loads((default_artifact_dir() / f"{ARTIFACT_NAME}_minilm.json").read_text())
+    assert (default_artifact_dir() / f"{ARTIFACT_NAME}_minilm.npz").stat().st_size < 5_000_000
     assert meta["family"] == "minilm" and meta["training"]["held_out_domain"] == SHIPPED_HELD_OUT_DOMAIN
     assert SHIPPED_HELD_OUT_DOMAIN not in meta["training"]["domains"]
     table = meta["held_out_domains"]
@@ -103,7 +125,7 @@ def test_classifier_artifact_held_out_domains():
     assert 0.5 < table["summary"]["auroc_pooled"] < 1 and 0 < table["summary"]["harmful_request_recall"] <= 1
     assert not any("many_shot" in s for s in meta["training"]["sources"])  # HarmBench behaviours
 
-    labeler = build_labeler("classifier")
+    labeler = build_labeler("classifier", model="minilm")
     assert labeler.family == "minilm" and labeler.sentences
     assert 0 < labeler.controversial_threshold <= labeler.unsafe_threshold < 1
     assert 0 < labeler.sentence_controversial <= labeler.sentence_unsafe < 1
@@ -130,7 +152,7 @@ def test_classifier_artifact_held_out_domains():
     assert tail[0] is S and tail[2] is S and tail[4] is S  # encyclopedic, a refusal, science
     assert tail[1] is not S  # pipe-bomb instructions
     assert sum(v is not S for v in tail[5:]) >= len(HARMFUL_REQUESTS) - 1
-    strict = ClassifierLabeler(unsafe_threshold=0.9999, controversial_threshold=0.9999)
+    strict = ClassifierLabeler(model="minilm", unsafe_threshold=0.9999, controversial_threshold=0.9999)
     assert [lab.verdict for lab in strict.label(segs(TEXTS[:5]), {})] == [S] * 5
     with pytest.raises(ConfigError, match="unknown labeler"):
         build_labeler("nope")
@@ -222,7 +244,8 @@ def test_thresholds_cap_every_domain():
 def test_training_set_excludes_evaluation_benchmarks():
     """pyrit ships HarmBench behaviours (all 400 many-shot requests, some scorer-eval objectives) and
     StrongREJECT prompts (AdvBench copies): none may reach a training set."""
-    from megatron_reflect.labeler_training.corpus import LoadStats, benchmark_of, norm_hash
+    from megatron_reflect.labeler_training.corpus import LoadStats
+    from megatron_reflect.sources import benchmark_of, norm_hash
     from megatron_reflect.packaged import pyrit_datasets_dir
 
     root = pyrit_datasets_dir()
@@ -359,6 +382,9 @@ def test_preprocess_defaults_on_a_domain_the_labeler_never_saw(tmp_path):
     assert main(["--input", str(corpus), "--output-prefix", str(tmp_path / "out"), "--no-progress"]) == 0
     stats = json.loads((tmp_path / "out_stats.json").read_text())
     assert stats["mode"] == "reflect" and stats["config"]["labeler"] == "classifier"
+    default = json.loads((default_artifact_dir() / f"{ARTIFACT_NAME}.json").read_text())
+    assert stats["labeler_quality"]["family"] == "finetuned"
+    assert stats["labeler_quality"]["measured"]["auroc"] == default["user_test"]["auroc"]
     verdicts = stats["verdicts"]
     total = sum(verdicts.values())
     assert total >= 50 and (total - verdicts.get("Safe", 0)) / total <= 0.04, verdicts

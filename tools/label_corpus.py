@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tqdm import tqdm
 
-    from megatron_reflect.data.labelers import build_labeler
+    from megatron_reflect.data.labelers import build_labeler, describe_quality, labeler_quality
     from megatron_reflect.data.labels import label_file, labels_path_for
     from megatron_reflect.data.readers import DEFAULT_MAX_CHARS
     from megatron_reflect.data.segment import SegmenterConfig
@@ -120,14 +120,20 @@ def main(argv: list[str] | None = None) -> int:
         files = expand_inputs(args.input)[args.shard_index::args.num_shards]
         seg_cfg = SegmenterConfig(max_words=args.segment_words, max_chars_cjk=args.segment_cjk_chars)
         all_stats = []
+        quality = None
         for path in files:
-            labeler = build_labeler(args.labeler, **labeler_options(args, path))
+            options = labeler_options(args, path)
+            if quality is None:
+                quality = labeler_quality(args.labeler, options)
+                print(describe_quality(quality), file=sys.stderr)
+            labeler = build_labeler(args.labeler, **options)
             with tqdm(desc=path.name, unit=" docs", file=sys.stderr) as bar:
                 stats = label_file(path, labels_path_for(path, args.labels_dir), labeler, seg_cfg,
                                    json_keys=tuple(args.json_keys), batch_size=args.batch_size,
                                    resume=not args.no_resume, id_key=args.id_key,
                                    max_chars=args.max_chars or DEFAULT_MAX_CHARS, strict=args.strict,
                                    part_segments=args.part_segments, progress=bar)
+            stats["labeler_quality"] = quality
             all_stats.append(stats)
             summary = {k: stats.get(k) for k in ("output", "status", "documents", "segments", "segments_labelled_now",
                                                  "verdicts_labelled_now", "skipped", "skipped_by_reason",

@@ -1,24 +1,28 @@
-"""Train the embedded safety classifier, evaluate it by held-out domain, or distil a guard into it.
+"""Train the embedded safety labeler, measure it on the held-out user-like test, or distil a guard into it.
 
-Three modes:
+Modes:
 
-* default: retrain the shipped artifacts in megatron_reflect/data/artifacts/ (the default
-  ``minilm`` family as safety_classifier.*, the fast ``hashed`` family as
-  safety_classifier_hashed.*) on the packaged domain-diverse set, without the domain
-  ``--hold-out-domain`` (reviews), and store each family's held-out-domain table in its
-  JSON (with the inserted-sentence recall).  Deterministic.  ~5 minutes on a CPU once the
-  MiniLM embeddings are cached (~20 minutes to embed the ~6k segments and their sentences
-  the first time, single thread).
-* ``--evaluate-only``: print the held-out-domain table (markdown and JSON) of ``--families``.
-* ``--from-labels DIR --input FILES``: guard distillation.  Train an artifact on the segment
-  labels that tools/label_corpus.py stored in DIR for FILES (e.g. Qwen3Guard behind vLLM on
-  a 1 % sample of the corpus), holding out 20 % of the documents, and report the student's
-  agreement with the teacher on them next to the packaged default's.  Then label the rest
-  of the corpus on CPUs with ``--labeler classifier --labeler-options '{"artifact_dir": OUT}'``.
+* default: fine-tune the default labeler (MiniLM's layers + a head, end to end) on the
+  packaged domains plus the framed requests and depictions, calibrate its thresholds on a
+  split of them, run the held-out user-like test, and write
+  megatron_reflect/data/artifacts/safety_classifier.{npz,json} (or --out-dir).
+  ~30-60 minutes on 2 CPU cores.  Deterministic for a fixed seed and thread count.
+* ``--linear hashed[,minilm]``: retrain linear heads (``hashed``: the fast family;
+  ``minilm``: the previous default, a head on frozen MiniLM embeddings) with their
+  held-out-domain tables, as safety_classifier_<family>.*.
+* ``--user-test [--models default,minilm,hashed]``: print the held-out user-like test
+  (labeler_training/user_test.py) of shipped artifacts side by side.  Writes nothing.
+* ``--evaluate-only --families minilm,hashed``: the linear families' held-out-domain table.
+* ``--from-labels DIR --input FILES --out-dir OUT``: guard distillation.  Fine-tune the
+  encoder on the segment labels that tools/label_corpus.py stored in DIR for FILES (e.g.
+  Qwen3Guard behind vLLM on a 1 % sample of the corpus), holding out 20 % of the documents,
+  and report the student's agreement with the teacher on them next to the packaged
+  default's.  Then label the rest of the corpus on CPUs with
+  ``--labeler classifier --labeler-options '{"artifact_dir": OUT}'``.
 
 Examples:
-  train_classifier.py
-  train_classifier.py --evaluate-only --families minilm,hashed
+  train_classifier.py --progress
+  train_classifier.py --user-test --models default,minilm,hashed
   train_classifier.py --from-labels labels/ --input 'sample/*.jsonl' --out-dir my_classifier/
 """
 
@@ -43,58 +47,91 @@ def expand(patterns: list[str]) -> list[str]:
     return files
 
 
+def user_test_table(results: dict[str, dict]) -> str:
+    """Markdown: one column per labeler."""
+    names = list(results)
+    rows = [("literature flagged, all files", lambda r: f"{100 * r['literature_flagged']:.1f}%"),
+            ("worst literature file", lambda r: f"{100 * r['worst_literature']['flagged']:.1f}% "
+                                                f"({r['worst_literature']['domain'].split(':')[1]})"),
+            ("framed harmful requests flagged (recall)", lambda r: f"{100 * r['framed_harmful_recall']:.1f}%"),
+            ("bare harmful requests flagged (recall)", lambda r: f"{100 * r['bare_harmful_recall']:.1f}%"),
+            ("framed benign requests flagged", lambda r: f"{100 * r['framed_benign_flagged']:.1f}%"),
+            ("bare benign requests flagged", lambda r: f"{100 * r['bare_benign_flagged']:.1f}%"),
+            ("AUROC (framed harmful vs literature + framed benign)", lambda r: f"{r['auroc']:.3f}")]
+    lines = ["| user-like test | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(f(results[n]) for n in names) + " |" for label, f in rows]
+    for d in sorted(next(iter(results.values()))["domains"]):
+        lines.append(f"| {d} ({results[names[0]]['domains'][d]['segments']}) | "
+                     + " | ".join(f"{100 * results[n]['domains'][d]['flagged']:.1f}%" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from megatron_reflect.data.labelers.classifier import default_artifact_dir
-    from megatron_reflect.data.labelers.features import FAMILIES
     from megatron_reflect.labeler_training.linear import SHIPPED_HELD_OUT_DOMAIN
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default=None,
                    help="where to write safety_classifier*.{npz,json} (default: the packaged artifact dir; "
                         "required with --from-labels)")
-    p.add_argument("--families", default="minilm,hashed",
-                   help=f"comma-separated families to train/evaluate, the first is the default ({', '.join(FAMILIES)})")
+    p.add_argument("--linear", metavar="FAMILIES", help="retrain linear heads instead: hashed and/or minilm")
     p.add_argument("--hold-out-domain", default=SHIPPED_HELD_OUT_DOMAIN,
-                   help="domain left out of the shipped artifacts' training ('none' to use all)")
-    p.add_argument("--evaluate-only", action="store_true", help="print the held-out-domain tables, write nothing")
-    p.add_argument("--no-evaluate", action="store_true", help="train without the held-out-domain tables (faster)")
+                   help="domain left out of training ('none' to use all)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for fine-tuning")
+    p.add_argument("--user-test", action="store_true", help="print the held-out user-like test of --models")
+    p.add_argument("--models", default="default,minilm,hashed", help="with --user-test: artifacts to compare")
+    p.add_argument("--evaluate-only", action="store_true", help="print the linear families' held-out-domain table")
+    p.add_argument("--families", default="minilm,hashed", help="with --evaluate-only: linear families")
     p.add_argument("--from-labels", metavar="DIR", help="distil: the --labels-dir of tools/label_corpus.py")
     p.add_argument("--input", nargs="+", help="with --from-labels: the corpus files those labels are of (globs ok)")
-    p.add_argument("--family", default="minilm", help="with --from-labels: the student's family")
     p.add_argument("--held-out-percent", type=int, default=20, help="with --from-labels: documents held out")
-    p.add_argument("--progress", action="store_true", help="show embedding progress")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
     args = p.parse_args(argv)
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    held = None if args.hold_out_domain.lower() == "none" else args.hold_out_domain
     try:
-        from megatron_reflect.labeler_training import linear as training
+        from megatron_reflect.labeler_training import finetune, linear
 
+        cfg = finetune.FinetuneConfig(**{k: v for k, v in (("epochs", args.epochs), ("threads", args.threads))
+                                         if v is not None})
         if args.from_labels:
             if not args.input or not args.out_dir:
                 raise ReflectError("--from-labels needs --input FILES and --out-dir DIR")
-            meta = training.distill(expand(args.input), args.from_labels, args.out_dir, family=args.family,
-                                    held_out_percent=args.held_out_percent)
+            meta = finetune.distill(expand(args.input), args.from_labels, args.out_dir,
+                                    held_out_percent=args.held_out_percent,
+                                    cfg=cfg if args.epochs else None)
             print(json.dumps({"out_dir": args.out_dir, "training": meta["training"],
                               "distillation": meta["distillation"]}, indent=2))
+            return 0
+        if args.user_test:
+            from megatron_reflect.data.labelers.classifier import ClassifierLabeler
+            from megatron_reflect.labeler_training import user_test
+
+            test = user_test.items()
+            results = {m: user_test.run(ClassifierLabeler(args.out_dir, model=None if m == "default" else m), test)
+                       for m in args.models.split(",")}
+            print(user_test_table(results))
+            print(json.dumps(results, indent=1))
             return 0
         if args.evaluate_only:
             from megatron_reflect.labeler_training.corpus import load_domain_examples
 
             examples = load_domain_examples()
-            results = [training.evaluate_held_out_domains(f, examples, progress=args.progress) for f in families]
-            print(training.markdown_table(results))
+            families = [f.strip() for f in args.families.split(",") if f.strip()]
+            results = [linear.evaluate_held_out_domains(f, examples, progress=args.progress) for f in families]
+            print(linear.markdown_table(results))
             print(json.dumps([{"family": r["family"], **r["summary"]} for r in results], indent=2))
             return 0
-        held = None if args.hold_out_domain.lower() == "none" else args.hold_out_domain
-        metas = training.train_packaged(args.out_dir or default_artifact_dir(), families=families,
-                                        default_family=families[0], held_out_domain=held,
-                                        evaluate=not args.no_evaluate, progress=args.progress)
-        results = [m["held_out_domains"] for m in metas.values() if "held_out_domains" in m]
-        if results:
-            print(training.markdown_table(results))
-        print(json.dumps({f: {"thresholds": m["thresholds"], "shipped_held_out": m.get("shipped_held_out"),
-                              "summary": m.get("held_out_domains", {}).get("summary")} for f, m in metas.items()},
-                         indent=2))
+        out_dir = args.out_dir or default_artifact_dir()
+        if args.linear:
+            families = [f.strip() for f in args.linear.split(",") if f.strip()]
+            metas = linear.train_packaged(out_dir, families=families, held_out_domain=held, progress=args.progress)
+            print(linear.markdown_table([m["held_out_domains"] for m in metas.values()]))
+            return 0
+        meta = finetune.train_default(out_dir, cfg, progress=args.progress, held_out_domain=held)
+        print(json.dumps({k: meta.get(k) for k in ("thresholds", "shipped_held_out", "artifact_bytes", "user_test")},
+                         indent=1))
     except ReflectError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

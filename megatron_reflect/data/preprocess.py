@@ -552,6 +552,17 @@ def _engine(cfg: PreprocessConfig, tokenizer: Tokenizer, stack: list) -> Callabl
                                     batches, 2)
 
 
+def _labeler_quality(cfg: PreprocessConfig) -> dict:
+    """What the labels are worth: the labeler's stored held-out figures (stored labels: their
+    files' labeler is not known here, so none)."""
+    from megatron_reflect.data.labelers import labeler_quality
+
+    if cfg.labels_dir:
+        return {"labeler": f"stored:{cfg.labels_dir}", "measured": None,
+                "note": "stored labels: see the stats JSON tools/label_corpus.py wrote with them"}
+    return labeler_quality(cfg.labeler, cfg.labeler_options)
+
+
 def preprocess(cfg: PreprocessConfig) -> dict:
     """Write ``<output_prefix>_{text_document,reflect_meta}.{bin,idx}`` and ``_stats.json``; return the stats
     (plus ``run``: documents written by this call and resumed from committed chunks; not stored)."""
@@ -572,6 +583,12 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     tokenizer = build_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model, cfg.template)
     header = {"config": cfg.fingerprint(), "tokenizer": tokenizer.describe(),
               "reflection_template": dataclasses.asdict(cfg.template), "mode": cfg.mode}
+    if cfg.mode != "plain":
+        header["labeler_quality"] = _labeler_quality(cfg)
+        if cfg.progress:
+            from megatron_reflect.data.labelers import describe_quality
+
+            print(describe_quality(header["labeler_quality"]), file=sys.stderr)
     shard_dir = Path(f"{prefix}.shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     shards = [(path, part, shard_dir / f"{i:05d}-{path.name}-p{part}of{cfg.partitions}")

@@ -1,9 +1,10 @@
-"""Training, held-out-domain evaluation and threshold calibration of the embedded safety classifier.
+"""Linear heads of the embedded classifier: training, held-out-domain evaluation, calibration.
 
 What is trained: a logistic-regression head P(unsafe) (plus a multinomial category head on
-the unsafe examples that name a harm category) over one featurizer family of features.py,
-on the domain-diverse set of corpus.py (or, for guard distillation, on segment labels a
-guard endpoint stored with tools/label_corpus.py: ``examples_from_labels``).
+the unsafe examples that name a harm category) over one featurizer family of features.py
+(``hashed``, the fast family; ``minilm``, the previous default), on the domain-diverse set
+of corpus.py.  Also here: reading a guard's stored segment labels for distillation
+(``examples_from_labels``, ``verdict_agreement``; finetune.distill trains on them).
 
 How it is measured (``evaluate_held_out_domains``): for every domain D, train on all other
 domains, score D.  Reported per domain: benign false-flag rate (share of benign segments
@@ -378,10 +379,6 @@ def markdown_table(results: Sequence[dict]) -> str:
 ARTIFACT_NAME = "safety_classifier"
 
 
-def artifact_name(family: str, default_family: str) -> str:
-    return ARTIFACT_NAME if family == default_family else f"{ARTIFACT_NAME}_{family}"
-
-
 def write_artifact(out_dir: str | Path, name: str, head: Head, meta: dict) -> dict:
     """``<name>.npz`` (weights; hashed: the non-zero rows only, float16) and ``<name>.json``, atomically."""
     out = Path(out_dir)
@@ -404,7 +401,7 @@ def write_artifact(out_dir: str | Path, name: str, head: Head, meta: dict) -> di
     return meta
 
 
-def train_packaged(out_dir: str | Path, families: Sequence[str] = ("minilm", "hashed"), default_family: str = "minilm",
+def train_packaged(out_dir: str | Path, families: Sequence[str] = ("hashed",),
                    held_out_domain: str | None = SHIPPED_HELD_OUT_DOMAIN, evaluate: bool = True,
                    progress: bool = False) -> dict[str, dict]:
     """Train the shipped artifacts (one per family) on every domain but ``held_out_domain``.
@@ -434,7 +431,7 @@ def train_packaged(out_dir: str | Path, families: Sequence[str] = ("minilm", "ha
                                         "false_flag_rate": round(float(flagged(s0, s1, head.thresholds).mean()), 4)}
         if evaluate:
             meta["held_out_domains"] = evaluate_held_out_domains(family, examples, f=f_all, progress=progress)
-        metas[family] = write_artifact(out_dir, artifact_name(family, default_family), head, meta)
+        metas[family] = write_artifact(out_dir, f"{ARTIFACT_NAME}_{family}", head, meta)
     return metas
 
 
@@ -485,10 +482,6 @@ def examples_from_labels(inputs: Sequence[str | Path], labels_dir: str | Path) -
     return out
 
 
-def _doc_held_out(doc_id: str, percent: int) -> bool:
-    return hash_mod(doc_id, 100) < percent
-
-
 def verdict_agreement(teacher: Sequence[str], student: Sequence[str]) -> dict:
     """Agreement on the 3-way verdict and on flagged (not Safe) vs Safe, with Cohen's kappa of the latter."""
     t = np.array([v != "Safe" for v in teacher])
@@ -501,65 +494,6 @@ def verdict_agreement(teacher: Sequence[str], student: Sequence[str]) -> dict:
     return {"segments": n, "verdict_agreement": round(float(np.mean([a == b for a, b in zip(teacher, student)])), 4),
             "flag_agreement": round(agree, 4), "flag_kappa": round(float(kappa), 4),
             "teacher_flag_rate": round(float(pt), 4), "student_flag_rate": round(float(ps), 4)}
-
-
-def distill(inputs: Sequence[str | Path], labels_dir: str | Path, out_dir: str | Path, family: str = "minilm",
-            held_out_percent: int = 20, compare_with: str | Path | None = None) -> dict:
-    """Train a classifier artifact on stored guard labels; report agreement on held-out documents.
-
-    The split is by document (a hash of its id), so no segment of a held-out document is
-    trained on.  Thresholds: the flag threshold maximises flag agreement with the teacher on
-    out-of-fold scores of the training documents; Unsafe needs the score that maximises
-    3-way agreement above it.  ``compare_with``: an artifact directory (default: the packaged
-    one) whose labeler's agreement on the same held-out segments is reported alongside.
-    """
-    from megatron_reflect.data.labelers.classifier import ClassifierLabeler
-
-    segs = examples_from_labels(inputs, labels_dir)
-    train = [s for s in segs if not _doc_held_out(s.doc_id, held_out_percent)]
-    test = [s for s in segs if _doc_held_out(s.doc_id, held_out_percent)]
-    if not train or not test:
-        raise DataError(f"distillation needs documents on both sides of the {held_out_percent} % split "
-                        f"({len(train)} train / {len(test)} held-out segments)")
-    c = REGULARISATION_C[family]
-    # segments only: a guard labels segments, so the student is calibrated on (and scores) segments
-    x = _matrix(family, [s.text for s in train], cache=False, progress=False)
-    f_train = Features(x, x[:0], np.zeros(0, dtype=np.int64))
-    y = np.array([int(s.verdict != "Safe") for s in train])
-    if len(set(y.tolist())) < 2:
-        raise DataError("the stored labels are all of one class: nothing to learn")
-    docs = [s.doc_id for s in train]
-    groups = [f"g{hash_mod(d, INNER_FOLDS)}" for d in docs]  # inner folds by document
-    oof, _ = out_of_fold_scores(f_train, y, groups, c, k=INNER_FOLDS)
-    grid = np.unique(np.round(oof, 4))
-    flag_t = float(max(grid, key=lambda t: (float(((oof >= t) == (y == 1)).mean()), t)))
-    verdicts = np.array([s.verdict for s in train])
-
-    def three_way(tu: float) -> float:
-        pred = np.where(oof >= tu, "Unsafe", np.where(oof >= flag_t, "Controversial", "Safe"))
-        return float((pred == verdicts).mean())
-
-    unsafe_t = float(max([t for t in grid if t >= flag_t] or [flag_t], key=lambda t: (three_way(t), -t)))
-    pseudo = [Example(s.text, int(s.verdict != "Safe"), s.category if s.verdict != "Safe" else None, g, "labels")
-              for s, g in zip(train, groups)]
-    head = train_head(family, f_train, pseudo, c, thresholds={"controversial": round(flag_t, 6),
-                                                               "unsafe": round(unsafe_t, 6)})
-    meta = {"training": {"from_labels": str(labels_dir), "inputs": [str(i) for i in inputs], "segments": len(train),
-                         "teacher_verdicts": dict(Counter(s.verdict for s in train)),
-                         "held_out_percent": held_out_percent}}
-    tmp_dir = Path(out_dir)
-    name = ARTIFACT_NAME
-    write_artifact(tmp_dir, name, head, meta)
-    student = ClassifierLabeler(tmp_dir)
-    texts = [s.text for s in test]
-    teacher = [s.verdict for s in test]
-    report = {"student": verdict_agreement(teacher, [lab.verdict.value for lab in student.predict(texts)])}
-    baseline = ClassifierLabeler(compare_with) if compare_with is not None else ClassifierLabeler()
-    report["packaged_default"] = verdict_agreement(teacher, [lab.verdict.value for lab in baseline.predict(texts)])
-    report["packaged_default"]["family"] = baseline.family
-    meta["distillation"] = {"held_out_segments": len(test), **report}
-    write_artifact(tmp_dir, name, head, meta)
-    return meta
 
 
 def hash_mod(key: str, k: int) -> int:

@@ -1,27 +1,27 @@
-"""The embedded default labeler: a trained linear safety head over a text featurizer.
+"""The embedded labeler: a trained safety classifier shipped with the package.
 
-Families (features.py; chosen by ``model``): ``minilm`` (all-MiniLM-L6-v2 sentence
-embeddings, the default: best on domains it never saw, see docs/DATA_SOURCES.md) and
-``hashed`` (hashed word n-grams: ~100x faster, much worse off its training domains).  The
-artifact of the default is ``artifacts/safety_classifier.{npz,json}``; the hashed one is
-``safety_classifier_hashed.*``.  ``tools/train_classifier.py`` retrains them and writes
-their held-out-domain tables into the JSON.
+Families (chosen by ``model``):
 
-Scoring: the head gives P(unsafe) of the segment and, for a segment of several sentences, of
-each sentence alone (one harmful sentence in benign prose is diluted in the segment's mean
-embedding, not in its own).  Verdict: Unsafe if the segment reaches ``unsafe_threshold`` or a
-sentence reaches ``sentence_unsafe``; else Controversial if the segment reaches
-``controversial_threshold`` or a sentence ``sentence_controversial``; else Safe.
-``Label.score`` = the higher of the two probabilities.  The stored thresholds were calibrated
-for precision (training.py: out of fold, at most 3 % of any ordinary-text training domain
-flagged; on held-out domains the worst ordinary one got 2.0 %).  An artifact without sentence
-thresholds (a distilled one: guards label segments) scores segments only.  A multinomial
-category head gives the category of non-Safe segments (of the unit that triggered): "the
-most likely of the categories seen in training", forced even when none fits.
+* default, ``finetuned``: all-MiniLM-L6-v2 fine-tuned end to end as a sequence classifier
+  (encoder.py; trained by labeler_training/finetune.py on the packaged domains plus requests
+  inside web frames and depictions of harm).  Scores the whole segment, one forward each.
+* ``hashed``: a linear head on hashed word n-grams: thousands of segments/s, far worse on text
+  unlike its training data.
+* ``minilm``: the previous default, a linear head on frozen MiniLM sentence embeddings, with
+  a best-sentence rule (each sentence of a segment scored alone too).  Kept for comparison.
 
-Cost: MiniLM embeds each multi-sentence segment's sentences too: ~2x the transformer work of
-segments alone.  Imports: numpy only at module import; sklearn (hashed) or
-torch/transformers (minilm) when the labeler is built.
+Artifacts: ``artifacts/safety_classifier.{npz,json}`` (default) and
+``safety_classifier_<family>.*``; each JSON carries its thresholds and its measured figures
+(the default: the held-out user-like test, labeler_training/user_test.py).
+
+Verdict: Unsafe if P(unsafe) of the segment reaches ``unsafe_threshold`` (or, for the
+``minilm`` family, its best sentence reaches ``sentence_unsafe``); else Controversial at
+``controversial_threshold`` (``sentence_controversial``); else Safe.  ``Label.score`` is the
+higher of the two probabilities.  A category head gives the category of non-Safe segments:
+"the most likely of the categories seen in training", forced even when none fits.
+
+Imports: numpy only at module import; sklearn (hashed) or torch/transformers (the others)
+when the labeler is built.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def artifact_paths(root: Path, model: str | None) -> tuple[Path, Path]:
 
 
 class ClassifierLabeler:
-    """Batched: one featurization and one matrix product per call.  No mutable state."""
+    """Batched: one model forward (or featurization and matrix product) per call.  No mutable state."""
 
     name = "classifier"
 
@@ -92,6 +92,12 @@ class ClassifierLabeler:
                 raise LabelerError(f"classifier thresholds must satisfy 0 <= controversial ({lo}) <= unsafe ({hi}) "
                                    f"<= 1")
         self.categories: list[str] = list(self.meta["categories"])
+        if self.family == "finetuned":
+            from megatron_reflect.data.labelers import encoder
+
+            self.model = encoder.load(weights_path, 1 + len(self.categories))
+            self.batch_size = batch_size
+            return
         with np.load(weights_path) as z:
             self.bias = z["bias"].astype(np.float32)
             if "weights" in z:
@@ -113,6 +119,10 @@ class ClassifierLabeler:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), 1 + n_categories] raw scores of the texts as given: column 0 the unsafe logit."""
+        if self.family == "finetuned":
+            from megatron_reflect.data.labelers import encoder
+
+            return encoder.logits(self.model, texts, self.batch_size)
         return np.asarray(self.featurizer.transform(list(texts)) @ self.weights) + self.bias
 
     def unit_logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
