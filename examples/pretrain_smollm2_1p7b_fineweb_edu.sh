@@ -9,11 +9,13 @@
 #      FWE_INPUT='/data/fineweb-edu/*.parquet' examples/pretrain_smollm2_1p7b_fineweb_edu.sh preprocess
 #    runs tools/preprocess_data.py (packaged SmolLM2 tokenizer, 49,152 tokens; reflect mode) into $DATA_PREFIX.
 # 2. Training:
-#      One node:   examples/pretrain_smollm2_1p7b_fineweb_edu.sh
+#      One node:   examples/pretrain_smollm2_1p7b_fineweb_edu.sh      (one process per visible GPU: 1, 2, 8 ...)
 #      Multi-node: on every node, NNODES=8 NODE_RANK=<0..7> MASTER_ADDR=<node 0> examples/pretrain_...sh
 #                  (or sbatch examples/pretrain_smollm2_1p7b_fineweb_edu.sbatch)
+#    RUN_DIR must be on a file system every node shares: each rank writes its part of every checkpoint there.
 #    Extra arguments are config overrides, e.g. schedule.train_steps=1000 precision.fp8=none
 #    Rerunning the same command resumes from the newest complete checkpoint in $RUN_DIR/checkpoints.
+#    DRY_RUN=1 prints the torchrun command instead of running it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +39,12 @@ fi
 
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+# one process per GPU this node shows (CUDA_VISIBLE_DEVICES and SLURM's allocation respected)
+GPUS_PER_NODE=${GPUS_PER_NODE:-$("$PY" -c 'import torch; print(torch.cuda.device_count())')}
+if ! [ "$GPUS_PER_NODE" -ge 1 ] 2>/dev/null; then
+    echo "no GPU visible to $PY (GPUS_PER_NODE=$GPUS_PER_NODE); this script trains on GPUs" >&2
+    exit 2
+fi
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 RUN_DIR=${RUN_DIR:-runs/smollm2-1.7b-srp}
@@ -49,10 +56,16 @@ export CUDA_DEVICE_MAX_CONNECTIONS=1   # lets megatron overlap TP communication 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 export HF_HUB_OFFLINE=1 MEGATRON_REFLECT_DEVICE=cuda
 
-exec "$PY" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE" \
-    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    tools/train.py --recipe smollm2-1.7b \
-    run_dir="$RUN_DIR" data.blend="[$DATA_PREFIX]" \
-    parallel.tensor_model_parallel_size="$TP" parallel.pipeline_model_parallel_size="$PP" \
-    precision.dtype=bf16 precision.fp8="$FP8" \
-    "$@"
+CMD=("$PY" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
+     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"
+     tools/train.py --recipe smollm2-1.7b
+     run_dir="$RUN_DIR" data.blend="[$DATA_PREFIX]"
+     parallel.tensor_model_parallel_size="$TP" parallel.pipeline_model_parallel_size="$PP"
+     precision.dtype=bf16 precision.fp8="$FP8"
+     "$@")
+if [ -n "${DRY_RUN:-}" ]; then   # DRY_RUN=1: print the command instead of running it
+    printf '%q ' "${CMD[@]}"
+    echo
+    exit 0
+fi
+exec "${CMD[@]}"
