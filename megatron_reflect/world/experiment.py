@@ -97,6 +97,8 @@ class ExperimentConfig:
     count_unanchored: bool = True  # count trained verdicts without their note's start (must be 0)
     unanchored_sample: int = 0  # count them on this many seeded random samples (0: every pretraining sample)
     name: str = ""  # a label for the configuration (calibration tables)
+    # the confirmatory test's registration: its test seeds run only once it is committed as registered
+    registration: str = "configs/world/registration.yaml"  # relative paths: from the repository root
 
 
 def quick_experiment(out_dir: str, seeds: tuple[int, ...] = (0,)) -> ExperimentConfig:
@@ -336,7 +338,11 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print) ->
     """Every stage for every seed and variant in ``cfg.jobs`` worker processes; then the report."""
     from megatron_reflect.world.report import write_report
 
+    from megatron_reflect.world.registration import guard_test_seeds
+
     t0 = time.time()
+    reg = Path(cfg.registration)
+    guard_test_seeds(cfg.seeds, to_dict(cfg), reg if reg.is_absolute() else Path(__file__).resolve().parents[2] / reg)
     cfg_path = str(save_config(cfg))
     pending = [(s, v) for s in cfg.seeds for v in cfg.variants if not (job_dir(cfg, s, v) / "eval.json").is_file()]
     log(f"{len(cfg.seeds)} seed(s) x {len(cfg.variants)} variant(s); {len(pending)} job(s) to run, {cfg.jobs} at a "

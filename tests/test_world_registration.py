@@ -1,0 +1,67 @@
+"""The confirmatory test's registration (configs/world/registration.yaml): fresh test seeds, the
+guard that refuses them before registration or with another configuration, the configuration hash,
+and the issue-21 freeze rule in which G1 blocks.  Milliseconds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_reflect.config import to_dict
+from megatron_reflect.errors import ConfigError
+from megatron_reflect.world.experiment import ExperimentConfig
+from megatron_reflect.world.registration import config_hash, guard_test_seeds, load_registration
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "configs" / "world" / "registration.yaml"
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def test_template_is_unregistered_with_fresh_test_seeds() -> None:
+    reg = load_registration(TEMPLATE)
+    assert reg["status"] != "registered" and reg["configuration"]["sha256"] is None
+    seeds = set(reg["test_seeds"])
+    assert len(seeds) >= 8 and not seeds & set(range(8)) and not seeds & set(range(100, 105))
+    assert not seeds & set(reg["calibration"]["seeds"]) and len(reg["calibration"]["seeds"]) >= 10
+
+
+def test_guard_refuses_test_seeds_until_registered_and_with_another_configuration(tmp_path: Path) -> None:
+    cfg = to_dict(ExperimentConfig())
+    with pytest.raises(ConfigError, match="status"):
+        guard_test_seeds([100, 200], cfg, TEMPLATE)
+    guard_test_seeds([100, 101], cfg, TEMPLATE)  # calibration seeds run freely
+    text = TEMPLATE.read_text().replace('status: "not registered — calibration pending"', "status: registered")
+    registered = tmp_path / "registration.yaml"
+    registered.write_text(text.replace("sha256: null", f"sha256: {config_hash(cfg)}"))
+    guard_test_seeds([200], cfg, registered)
+    other = to_dict(ExperimentConfig())
+    other["pretrain"]["lr"] = 1e-2
+    with pytest.raises(ConfigError, match="sha256"):
+        guard_test_seeds([200], other, registered)
+    assert config_hash({**cfg, "world": {**cfg["world"], "seed": 7}}) == config_hash(cfg)  # the seed is not hashed
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("test_seeds: [200,", "test_seeds: [100,"))
+    with pytest.raises(ConfigError, match="overlap"):
+        load_registration(bad)
+
+
+def _point(name: str, counts: dict[str, int], flops: float) -> dict:
+    return {"name": name, "complete": True, "seeds": list(range(100, 112)), "flops": flops,
+            "gate_counts": counts, "passes": all(c >= 10 for c in counts.values())}
+
+
+def test_freeze_rule_g1_blocks() -> None:
+    from calibrate_world import freeze_choice
+
+    good = {"G1": 12, "G2": 12, "G3": 11, "G4": 12, "G5": 10}
+    cheap_no_g1 = _point("i21-b16", {**good, "G1": 9}, 1.0)
+    assert freeze_choice([cheap_no_g1]) == (None, "no point passes G1 (blocking): nothing frozen")
+    dear_all = _point("i21-b32", good, 2.0)
+    assert freeze_choice([cheap_no_g1, dear_all])[0]["name"] == "i21-b32"
+    g1_only = _point("i21-b16-lr1e-2", {**good, "G5": 3, "G3": 5}, 1.0)
+    g1_one_fail = _point("i21-b64", {**good, "G5": 8}, 2.0)
+    best, why = freeze_choice([cheap_no_g1, g1_only, g1_one_fail])
+    assert best["name"] == "i21-b64" and "fails 1 other gate" in why
+    assert freeze_choice([_point("lr1e-2", good, 0.5)])[0] is None  # only the issue-21 points count
