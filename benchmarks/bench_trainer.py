@@ -15,6 +15,10 @@ allocator, torch.compile of SwiGLU); ours from train()'s own per-step records (l
 every step, so writing metrics.jsonl is included).  Runs alternate ``--repeats`` times; the
 20th percentile and the median of all timed steps are compared (on a shared machine the
 low percentile is the steadier estimate of the cost itself).  Prints the ratio ours / bare (target <= 1.05).
+
+``--attention`` also times ``train()`` with megatron's unfused ``DotProductAttention``
+(``precision.attention=megatron``) against the default SDPA core attention, in
+``--attention-dtype`` (the MedSafetyWorld demo trains in bf16), and prints that speed ratio.
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ def bare_step_times(preset: str, steps: int) -> list[float]:
         shutdown_runtime()
 
 
-def ours_step_times(preset: str, steps: int, run_dir: Path, clip_grad: float) -> list[float]:
+def ours_step_times(preset: str, steps: int, run_dir: Path, clip_grad: float, attention: str = "sdpa",
+                    dtype: str = "fp32") -> list[float]:
     """Seconds per step of ``train()`` (second half of ``steps``), from its own per-step log records."""
     from megatron_reflect.config import resolve
     from megatron_reflect.model import get_preset
@@ -101,7 +106,8 @@ def ours_step_times(preset: str, steps: int, run_dir: Path, clip_grad: float) ->
         f"run_dir={run_dir}", f"data.seq_length={SEQ}", f"schedule.micro_batch_size={MBS}",
         f"schedule.global_batch_size={MBS * MICRO}", f"schedule.train_steps={steps}", "schedule.eval_interval=0",
         "logging.log_interval=1", "logging.tensorboard=false", "checkpoint.save_interval=0",
-        "checkpoint.save_at_end=false", "checkpoint.resume=false", f"optim.clip_grad={clip_grad}"])
+        "checkpoint.save_at_end=false", "checkpoint.resume=false", f"optim.clip_grad={clip_grad}",
+        f"precision.attention={attention}", f"precision.dtype={dtype}"])
     cfg = dataclasses.replace(cfg, model=get_preset(preset))
     result = train(cfg, datasets=(RepeatedSample(steps * MBS * MICRO), None),
                    info={"tokenizer": {"vocab_size": VOCAB}})
@@ -119,16 +125,23 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=80, help="steps per run (timed: the second half)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attention", action="store_true", help="also time SDPA against megatron's attention")
+    parser.add_argument("--attention-dtype", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     bare: list[float] = []
     ours: list[float] = []  # the same math as the bare loop: no gradient clipping
     ours_clip: list[float] = []  # the recipe's default, clip_grad=1.0 (a grad-norm pass the bare loop lacks)
+    attn: dict[str, list[float]] = {"megatron": [], "sdpa": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             bare += bare_step_times(args.preset, args.steps)
             ours += ours_step_times(args.preset, args.steps, Path(tmp) / f"run{r}", clip_grad=0.0)
             ours_clip += ours_step_times(args.preset, args.steps, Path(tmp) / f"clip{r}", clip_grad=1.0)
+            if args.attention:
+                for attention in ("megatron", "sdpa"):
+                    attn[attention] += ours_step_times(args.preset, args.steps, Path(tmp) / f"{attention}{r}",
+                                                       clip_grad=0.0, attention=attention, dtype=args.attention_dtype)
     (b_med, b_p20) = _summary(bare)
     print(f"preset {args.preset}, seq {SEQ}, micro batch {MBS} x {MICRO} microbatches, 1 thread, CPU; "
           f"{len(bare)} timed steps each")
@@ -137,6 +150,11 @@ def main() -> None:
         o_med, o_p20 = _summary(times)
         print(f"{name:<24}  median {1000 * o_med:.2f} ms/step, 20th percentile {1000 * o_p20:.2f}; "
               f"ratio to bare {o_p20 / b_p20:.3f} (20th pct), {o_med / b_med:.3f} (median); target <= 1.05")
+    if args.attention:
+        (m_med, m_p20), (s_med, s_p20) = _summary(attn["megatron"]), _summary(attn["sdpa"])
+        print(f"train() in {args.attention_dtype}, megatron DotProductAttention: median {1000 * m_med:.2f} ms/step, "
+              f"20th percentile {1000 * m_p20:.2f}; SDPA: median {1000 * s_med:.2f}, 20th percentile "
+              f"{1000 * s_p20:.2f}; SDPA speed-up x{m_p20 / s_p20:.3f} (20th pct), x{m_med / s_med:.3f} (median)")
 
 if __name__ == "__main__":
     main()

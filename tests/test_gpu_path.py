@@ -168,3 +168,52 @@ def test_fp8_amax_history_and_wgrad_fusion_per_layer_type() -> None:
     assert not any(plan("te", on, False, on_gpu=True, apex=True).values())  # no megatron DDP, no main_grad
     assert not any(plan("te", on, True, on_gpu=False, apex=True).values())
     assert plan("local", on, True) == {te: False, apex: False}  # this CPU
+
+
+def _fused_cross_entropy() -> float:
+    from megatron_reflect.runtime import init_runtime
+
+    init_runtime(ParallelConfig(), seed=1)
+    model = build_gpt_model(GQA, ParallelConfig(), PrecisionConfig())
+    g = torch.Generator().manual_seed(0)
+    tokens, labels = torch.randint(0, 256, (2, 16), generator=g), torch.randint(0, 256, (2, 16), generator=g)
+    positions = torch.arange(16).expand(2, 16)
+    with torch.no_grad():
+        plain = model(tokens, positions, None, labels=labels)
+        model.config.cross_entropy_loss_fusion = True  # what build_transformer_config sets on a GPU with fusions
+        fused = model(tokens, positions, None, labels=labels)
+    assert fused.shape == plain.shape == (2, 16)
+    return float((fused - plain).abs().max())
+
+
+def test_fused_cross_entropy_gives_the_same_per_token_loss() -> None:
+    """megatron's fused vocab-parallel cross entropy (on with fusions on a GPU) keeps the loss seam's [b, s] contract."""
+    [diff] = run_distributed(_fused_cross_entropy, 1)
+    assert diff < 1e-5
+
+
+def _overlap_hooks() -> tuple[int, int, int, int]:
+    from megatron.core.distributed import DistributedDataParallel
+
+    from megatron_reflect.runtime import init_runtime
+    from megatron_reflect.train.loop import _Run, _synced_params, ddp_config
+    from megatron_reflect.train.recipes import get_recipe
+
+    init_runtime(ParallelConfig(), seed=1)
+    model = build_gpt_model(GQA, ParallelConfig(), PrecisionConfig())
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config(get_recipe("smollm2-1.7b")), module=model)
+    run = _Run(None, None, None, [ddp], [model], None, 1, None, {})  # only the chunks matter here
+    before = len(ddp.remove_forward_pre_hook_handles)
+    with _synced_params(run):
+        inside = len(ddp.remove_forward_pre_hook_handles)
+    after = len(ddp.remove_forward_pre_hook_handles)
+    with _synced_params(_Run(None, None, None, [model], [model], None, 1, None, {})):  # the CPU path: no-op
+        pass
+    return before, inside, after, sum(1 for _ in model.modules())
+
+
+def test_overlapped_param_gather_is_finished_around_eval_and_saves() -> None:
+    """megatron DDP (built on the CPU here) with overlap_param_gather: the forward pre-hooks that wait for the
+    all-gather are removed, with a forced sync, inside ``_synced_params`` and put back after it."""
+    [(before, inside, after, modules)] = run_distributed(_overlap_hooks, 1)
+    assert before == after == modules and inside == 0
