@@ -217,3 +217,25 @@ def test_overlapped_param_gather_is_finished_around_eval_and_saves() -> None:
     all-gather are removed, with a forced sync, inside ``_synced_params`` and put back after it."""
     [(before, inside, after, modules)] = run_distributed(_overlap_hooks, 1)
     assert before == after == modules and inside == 0
+
+
+def _init_twice_without_launcher() -> tuple[bool, bool, str]:
+    import os
+
+    from megatron_reflect.runtime import init_runtime, shutdown_runtime
+    from megatron_reflect.runtime.device import device_for_world
+
+    for key in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        os.environ.pop(key, None)
+    init_runtime(ParallelConfig())
+    left = "MASTER_PORT" in os.environ
+    shutdown_runtime()
+    init_runtime(ParallelConfig())  # a later train() in the same process (gpu_check's te_check, then its runs)
+    shutdown_runtime()
+    return left, "MASTER_ADDR" in os.environ, device_for_world(2)
+
+
+def test_a_single_process_runtime_leaves_no_master_port_behind() -> None:
+    [(port_left, addr_left, tp2_device)] = run_distributed(_init_twice_without_launcher, 1)
+    assert not port_left and not addr_left
+    assert tp2_device == "cpu"  # TP=2 import / --verify-tp 2 without two GPUs: the CPU, not a LOCAL_RANK error
