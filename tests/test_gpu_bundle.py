@@ -21,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = ("torch", "transformers", "tokenizers", "sentencepiece", "pyarrow")  # what the bare host has
-NETWORK = ("NewConnectionError", "Temporary failure in name resolution", "Max retries exceeded", "Network is unreachable")
+NETWORK = ("NewConnectionError", "Temporary failure in name resolution", "Max retries exceeded",
+           "Network is unreachable")
 
 
 def _norm(name: str) -> str:

@@ -187,7 +187,7 @@ def _fused_cross_entropy() -> float:
 
 
 def test_fused_cross_entropy_gives_the_same_per_token_loss() -> None:
-    """megatron's fused vocab-parallel cross entropy (on with fusions on a GPU) keeps the loss seam's [b, s] contract."""
+    """megatron's fused vocab-parallel cross entropy (on with fusions on a GPU) keeps the per-token [b, s] loss."""
     [diff] = run_distributed(_fused_cross_entropy, 1)
     assert diff < 1e-5
 

@@ -237,7 +237,11 @@ def resume_check(work: Path, vocab: int, info: dict[str, Any], preset: str = "sm
 
 
 def run_bounded(cmd: list[str], timeout_s: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``subprocess.run`` in its own process group, all of which is killed on timeout (torchrun's workers too)."""
+    """``subprocess.run`` in its own process group, all of which is killed on timeout (torchrun's workers too).
+
+    The command sees this repository's package first on ``PYTHONPATH`` (it need not be installed)."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
