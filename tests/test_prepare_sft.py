@@ -175,3 +175,43 @@ def test_stored_labels_route_and_cli(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "prepare_sft.py"), "--input", str(src), "--output",
                         str(tmp_path / "x.jsonl")], capture_output=True, text=True)
     assert r.returncode == 2 and "exactly one label source" in r.stderr
+
+
+@pytest.mark.timeout(1200)
+def test_recipe_end_to_end_tiny(tmp_path):
+    """examples/posttrain_recipe.sh at tiny size on the CPU: label, preprocess, pretrain, export,
+    prepare_sft on Tulu-3-format data, SFT on TRL, evaluate (with the user's finetuning-attack files)."""
+    import os
+
+    words = "the river runs past the old mill and the farmers bring grain to town every week".split()
+    with (tmp_path / "corpus.jsonl").open("w") as f:
+        for i in range(60):
+            text = " ".join(words[(i + j) % len(words)] for j in range(40)) + "."
+            f.write(json.dumps({"id": f"d{i}", "text": text, "verdict": "Unsafe" if i % 5 == 0 else "Safe"}) + "\n")
+    _write(tmp_path / "chat.jsonl", [CONVERSATION, PAIR, dict(CONVERSATION, id="c2")])
+    (tmp_path / "harmful.jsonl").write_text("".join(json.dumps({"prompt": f"Hurt {i}", "response": f"Do {i}"}) + "\n"
+                                                    for i in range(2)))
+    (tmp_path / "benign.jsonl").write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"{i + 1}"}) + "\n"
+                                                   for i in range(2)))
+    out = tmp_path / "recipe"
+    env = dict(os.environ, TINY="1", LABELER="oracle", CORPUS=str(tmp_path / "corpus.jsonl"),
+               CHAT=str(tmp_path / "chat.jsonl"), CHAT_LABELS="--label-field harmful", OUT=str(out),
+               PYTHON=sys.executable, FT_HARMFUL=str(tmp_path / "harmful.jsonl"),
+               FT_BENIGN=str(tmp_path / "benign.jsonl"))
+    r = subprocess.run(["bash", str(ROOT / "examples" / "posttrain_recipe.sh")], env=env, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert [line for line in r.stdout.splitlines() if line.startswith("[")][:7] == [
+        "[1/7] label the corpus (oracle)",
+        "[2/7] preprocess: segment, insert reflections from the stored labels, tokenize",
+        "[3/7] pretrain", "[4/7] export the newest checkpoint to Hugging Face (with reflection_format.json)",
+        "[5/7] prepare_sft: reflections into the chat data", "[6/7] reflection SFT on TRL",
+        "[7/7] evaluate: classification, inference attacks, finetuning attacks"]
+    stats = json.loads((out / "sft.jsonl.stats.json").read_text())
+    assert stats["conversations"] == 3 and stats["reflections"] == {"Safe": 10, "Unsafe": 3}
+    summary = json.loads((out / "sft" / "sft_summary.json").read_text())
+    assert summary["trainer"] == "trl.SFTTrainer" and len(summary["losses"]) == 2 and summary["examples"] == 3
+    assert (out / "sft" / "reflection_format.json").is_file()
+    ev = json.loads((out / "eval" / "summary.json").read_text())
+    assert [row["tag"].split("/")[1] for row in ev["finetune"][1:]] == ["harmful", "benign"]
+    assert ev["classification"]["prompts"]["n"] == 4

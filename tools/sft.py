@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packing", action="store_true", help="pack examples into --max-length rows (TRL bfd)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--train-last-layers", type=int, default=None,
+                   help="train only the last N decoder blocks and the final norm (cheap CPU runs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                        train=TrainConfig(lr=a.lr, steps=a.steps, batch_size=a.batch_size, max_length=a.max_length,
                                          lora=a.lora, bf16=a.bf16, device=a.device, seed=a.seed, progress=True,
                                          gradient_checkpointing=a.gradient_checkpointing, packing=a.packing,
-                                         grad_accum=a.grad_accum, warmup_steps=a.warmup_steps))
+                                         grad_accum=a.grad_accum, warmup_steps=a.warmup_steps,
+                                         train_last_layers=a.train_last_layers))
     try:
         summary = run_sft(cfg)
     except ReflectError as e:

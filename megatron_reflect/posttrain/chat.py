@@ -1,4 +1,5 @@
-"""Chat records from the user's files: Tulu-3 / OpenAI ``messages`` or ``prompt``/``response`` pairs.
+"""Chat records from the user's files: Tulu-3 / OpenAI ``messages``, or ``prompt``/``response`` pairs
+(also GSM8K's ``question``/``answer``).
 
 Why: post-training data comes as JSONL or Parquet (plain, ``.gz`` or ``.zst``), in the
 conversational format of Tulu-3 and the OpenAI API (``messages: [{role, content}]``, system
@@ -72,18 +73,19 @@ def conversation(record: Any, source: str, name: str, line: int, id_key: str = "
                 return Skipped(source, line, msg)
             messages.append(msg)
         rest = {k: v for k, v in record.items() if k != "messages"}
-    elif "prompt" in record and "response" in record:
-        prompt, response, system = record["prompt"], record["response"], record.get("system")
-        for key, value in (("prompt", prompt), ("response", response)):
+    elif ("prompt" in record and "response" in record) or ("question" in record and "answer" in record):
+        keys = ("prompt", "response") if "prompt" in record else ("question", "answer")  # GSM8K's own keys
+        prompt, response, system = record[keys[0]], record[keys[1]], record.get("system")
+        for key, value in zip(keys, (prompt, response)):
             if not isinstance(value, str):
                 return Skipped(source, line, f"key '{key}' is a {type(value).__name__}, not a string")
         if system is not None and not isinstance(system, str):
             return Skipped(source, line, f"key 'system' is a {type(system).__name__}, not a string")
         messages = ([Message("system", system)] if system else []) + [Message("user", prompt),
                                                                       Message("assistant", response)]
-        rest = {k: v for k, v in record.items() if k not in ("prompt", "response", "system")}
+        rest = {k: v for k, v in record.items() if k not in (*keys, "system")}
     else:
-        return Skipped(source, line, "missing key 'messages' (or 'prompt' and 'response')")
+        return Skipped(source, line, "missing key 'messages' (or 'prompt' and 'response', or 'question' and 'answer')")
     for i, m in enumerate(messages):
         if m.role == "system" and i != 0:
             return Skipped(source, line, f"messages[{i}]: a system turn may only come first")

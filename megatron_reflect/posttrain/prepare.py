@@ -108,7 +108,7 @@ def turn_documents(conv: Conversation) -> list[Document]:
             for i, m in enumerate(conv.messages) if m.role != "system"]
 
 
-def _field_verdict(value: Any) -> Verdict:
+def parse_label(value: Any) -> Verdict:
     if isinstance(value, bool):
         return Verdict.UNSAFE if value else Verdict.SAFE
     if isinstance(value, int) and value in (0, 1):
@@ -172,7 +172,7 @@ class _Labels:
                             why = f"user turn {index} has no label field '{name}' (nor has the record)"
                         continue
                     try:
-                        v = _field_verdict(src[name])
+                        v = parse_label(src[name])
                     except ValueError as e:
                         why = f"field '{name}': {e}"
                         continue

@@ -312,8 +312,16 @@ def _sft_trainer(model, tokenizer, rows: list[tuple[list[int], list[int]]], cfg:
         max_length=cfg.max_length, packing=cfg.packing, packing_strategy="bfd", dataloader_num_workers=0,
         dataset_num_proc=None, log_level="warning")
     data = Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]})
+    if not cfg.progress:
+        import datasets
+
+        datasets.disable_progress_bars()
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                          optimizers=(opt, sched), callbacks=[_Losses()])
+    if not cfg.progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the per-step log dicts on stdout
     return trainer, losses
 
 
