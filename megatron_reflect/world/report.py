@@ -302,7 +302,11 @@ def _checks(runs: list[dict]) -> dict[str, str]:
     agree = [r["metrics"]["greedy.agreement"] for r in runs if "greedy.agreement" in r["metrics"]]
     zs = [r["metrics"][k] for r in runs for k in r["metrics"] if k.startswith("sampled.") and k.endswith(".z")]
     cpu = [r["pretrain"].get("cpu_seconds", math.nan) + sum(r.get("timing", {}).values()) for r in runs]
-    out = {"trained verdicts without their note's start (reflect variants, every pretraining sample)":
+    read = [(r["pretrain"].get("samples", 0), r["pretrain"].get("of_samples", r["pretrain"].get("samples", 0)))
+            for r in runs if "unanchored_verdicts" in r["pretrain"]]
+    scope = ("every pretraining sample" if all(a == b for a, b in read)
+             else f"{sum(a for a, _ in read)} of {sum(b for _, b in read)} pretraining samples, seeded")
+    out = {f"trained verdicts without their note's start (reflect variants, {scope})":
            f"{sum(unanchored)} over {len(unanchored)} models" if unanchored else "not counted"}
     if agree:
         out["greedy generation vs log-prob argmax, per-query agreement (min, mean)"] = (
