@@ -14,6 +14,9 @@ hand-written loop that posttrain/sft.py had before it (kept here, only as this b
   per-step callback timestamps; TRL's start-up (import of trl + trainer construction +
   dataset preparation) is reported apart.
 
+--world: the same comparison on a MedSafetyWorld-sized model (2 layers, d=64, vocab 640; batch 16,
+max length 128, as the world's SFT), where fixed per-step costs dominate.
+
 Prints one JSON object with the ratio TRL / baseline for tokens/s (>= 1 is faster).
 """
 
@@ -99,14 +102,37 @@ def bench_prepare(n: int, tmp: Path) -> dict:
             "reflections": stats["reflections"]}
 
 
-def bench_sft(model_dir: str, steps: int, batch: int, repeats: int, max_length: int) -> dict:
+def world_sized(tmp: Path) -> tuple[str, list[tuple[list[int], list[int]]]]:
+    """A MedSafetyWorld-sized HF Llama (experiment.world_model: 2 layers, d=64, vocab 640, tied) with
+    random weights, and 256 rows of 40-100 token ids whose first half is prompt (-100)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_reflect.eval.models import load_tokenizer
+    from megatron_reflect.packaged import smollm2_hf_dir
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=640, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=True)).save_pretrained(tmp)
+    load_tokenizer(smollm2_hf_dir()).save_pretrained(tmp)  # pad id only: the rows are ids < 640
+    rng = random.Random(0)
+    rows = []
+    for _ in range(256):
+        ids = [rng.randrange(1, 640) for _ in range(rng.randrange(40, 101))]
+        rows.append((ids, [-100] * (len(ids) // 2) + ids[len(ids) // 2:]))
+    return str(tmp), rows
+
+
+def bench_sft(model_dir: str, steps: int, batch: int, repeats: int, max_length: int,
+              rows: list[tuple[list[int], list[int]]] | None = None) -> dict:
     from megatron_reflect.eval.models import load_model
     from megatron_reflect.posttrain import sft as S
     from megatron_reflect.reflection import DEFAULT_TEMPLATE
 
     _, tok = load_model(model_dir, device="cpu")
-    examples = S.packaged_sft_examples(DEFAULT_TEMPLATE, S.SFTDataConfig(n_harmful=64, n_benign=64))
-    rows = S._rows(tok, examples, max_length)
+    if rows is None:
+        examples = S.packaged_sft_examples(DEFAULT_TEMPLATE, S.SFTDataConfig(n_harmful=64, n_benign=64))
+        rows = S._rows(tok, examples, max_length)
     cfg = S.TrainConfig(lr=1e-5, steps=steps, batch_size=batch, max_length=max_length, device="cpu")
     mean_tokens = statistics.mean(len(r[0]) for r in rows)  # the same sampling process on both sides
 
@@ -159,13 +185,17 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-sft", action="store_true")
+    p.add_argument("--world", action="store_true", help="a MedSafetyWorld-sized model (batch 16 as its SFT)")
     a = p.parse_args()
     from megatron_reflect.packaged import smollm2_hf_dir
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         result = {"prepare_sft": bench_prepare(a.records, Path(tmp))}
-    if not a.skip_sft:
+        if a.world:
+            model_dir, rows = world_sized(Path(tmp) / "world")
+            result["sft_world_sized"] = bench_sft(model_dir, a.steps, a.batch_size, a.repeats, a.max_length, rows)
+    if not a.skip_sft and not a.world:
         model_dir = str(smollm2_hf_dir()) if a.model == "smollm2" else a.model
         result["sft"] = bench_sft(model_dir, a.steps, a.batch_size, a.repeats, a.max_length)
     print(json.dumps(result, indent=1))

@@ -208,7 +208,7 @@ def test_recipe_end_to_end_tiny(tmp_path):
         "[5/7] prepare_sft: reflections into the chat data", "[6/7] reflection SFT on TRL",
         "[7/7] evaluate: classification, inference attacks, finetuning attacks"]
     stats = json.loads((out / "sft.jsonl.stats.json").read_text())
-    assert stats["conversations"] == 3 and stats["reflections"] == {"Safe": 10, "Unsafe": 3}
+    assert stats["conversations"] == 3 and stats["reflections"] == {"Safe": 4, "Unsafe": 3}  # 100-word segments
     summary = json.loads((out / "sft" / "sft_summary.json").read_text())
     assert summary["trainer"] == "trl.SFTTrainer" and len(summary["losses"]) == 2 and summary["examples"] == 3
     assert (out / "sft" / "reflection_format.json").is_file()
