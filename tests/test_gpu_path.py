@@ -239,3 +239,25 @@ def test_a_single_process_runtime_leaves_no_master_port_behind() -> None:
     [(port_left, addr_left, tp2_device)] = run_distributed(_init_twice_without_launcher, 1)
     assert not port_left and not addr_left
     assert tp2_device == "cpu"  # TP=2 import / --verify-tp 2 without two GPUs: the CPU, not a LOCAL_RANK error
+
+
+def _bf16_attention() -> float:
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_reflect.model.attention import SDPAttention
+    from megatron_reflect.model.provider import build_transformer_config
+    from megatron_reflect.runtime import init_runtime
+
+    init_runtime(ParallelConfig(), seed=1)
+    config = build_transformer_config(GQA, ParallelConfig(), PrecisionConfig(dtype="bf16"))
+    ours = SDPAttention(config, 1, AttnMaskType.causal, "self")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(16, 2, n, 16, generator=g) for n in (4, 2, 2))
+    low = ours(q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
+    assert low.dtype == torch.bfloat16
+    return float((low.float() - ours(q, k, v, None)).abs().max())
+
+
+def test_sdpa_attention_in_bf16_on_the_cpu_returns_bf16() -> None:
+    [diff] = run_distributed(_bf16_attention, 1)
+    assert diff < 0.03  # bf16 rounding of the inputs and the output only
