@@ -166,3 +166,40 @@ def test_report_counts_novel_safe_h_in_g1_and_the_criterion_and_reports_the_cont
     v_old = success(paired(old), old)
     assert "reflect novel-safe H >= filter's - 0.05" not in v_old["parts"] and v_old["met"] is True
     assert v_old["beyond_novelty"] is None
+
+
+def _note_alone_vs_packed() -> float:
+    """On one rank: the world's 2 x 64 model, random weights; the largest logit difference on a note's
+    positions between the note packed after another one, under the reset mask, and the note alone."""
+    import torch
+    from megatron.core.datasets.gpt_dataset import _get_ltor_masks_and_position_ids
+
+    from megatron_reflect.model import build_gpt_model
+    from megatron_reflect.model.provider import ParallelConfig
+    from megatron_reflect.runtime import init_runtime
+    from megatron_reflect.world.experiment import world_model
+
+    init_runtime(ParallelConfig(), seed=3)
+    model = build_gpt_model(world_model(2, 64), ParallelConfig()).eval()
+    eod = 2
+    gen = torch.Generator().manual_seed(0)
+    first, note = torch.randint(3, 600, (37,), generator=gen), torch.randint(3, 600, (50,), generator=gen)
+    packed = torch.cat([first, torch.tensor([eod]), note])
+    mask, _, _ = _get_ltor_masks_and_position_ids(packed, eod, False, True, False, True)
+    pos = torch.arange(packed.numel())[None]
+    with torch.no_grad():
+        out = model(packed[None], pos, mask[None])
+        alone = model(note[None], torch.arange(note.numel())[None], None)
+        leak = model(packed[None], pos, None)  # without the mask the note sees the first one
+    tail = out[0, first.numel() + 1:]
+    assert (leak[0, first.numel() + 1:] - alone[0]).abs().max() > 1e-3  # the check can fail
+    return float((tail - alone[0]).abs().max())
+
+
+def test_the_model_honours_the_reset_mask_a_packed_note_computes_as_if_alone() -> None:
+    """With the attention reset (``pretrain.reset_attention``) and rotary positions (relative), a
+    note packed after another gives the logits it gives alone at position 0: one note per window."""
+    from megatron_reflect.runtime.launch import run_distributed
+
+    [diff] = run_distributed(_note_alone_vs_packed, 1, device="cpu")
+    assert diff < 1e-4, diff
