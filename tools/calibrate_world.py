@@ -193,7 +193,8 @@ def evaluate_point(name: str) -> dict | None:
                       "reflect trap U_rec": mean("reflect", "trap.U_rec"),
                       "reflect withheld": mean("reflect", "trap.withheld"), "reflect G3 AUROC": mean("reflect", "probe.auroc"),
                       "filter seen U": mean("filter", "seen.U"), "min held-in H": min(
-                          mean(v, "held_in.H") for v in cfg.variants)},
+                          mean(v, "held_in.H") for v in cfg.variants),
+                      "min novel-safe H": min(mean(v, "novel_safe.H") for v in cfg.variants)},
             "dF": tests["dF"]["diffs"], "dR": tests["dR"]["diffs"]}
 
 
@@ -203,8 +204,8 @@ def write_table(results: list[dict]) -> str:
              "100-104; 10 of 12 for the issue-21 points on seeds 100-111, where G1 blocks the freeze). Gate counts "
              "are seeds passing. Means over seeds.", "",
              "| point | model, tokens | CPU s/model | G1 | G2 | G3 | G4 | G5 | passes | filter U (rec) | rewrite U "
-             "| reflect U (rec) | withheld | G3 AUROC | min held-in H | dF per seed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| reflect U (rec) | withheld | G3 AUROC | min held-in H | min novel-safe H | dF per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m, c = r["means"], r["gate_counts"]
         n = len(r["seeds"])
@@ -214,7 +215,9 @@ def write_table(results: list[dict]) -> str:
             + f" | {'yes' if r['passes'] else ('no' if r['complete'] else 'incomplete')} | "
             f"{m['filter trap U']:.2f} ({m['filter trap U_rec']:.2f}) | {m['rewrite trap U']:.2f} | "
             f"{m['reflect trap U']:.2f} ({m['reflect trap U_rec']:.2f}) | {m['reflect withheld']:.2f} | "
-            f"{m['reflect G3 AUROC']:.2f} | {m['min held-in H']:.2f} | {', '.join(f'{d:+.2f}' for d in r['dF'])} |")
+            f"{m['reflect G3 AUROC']:.2f} | {m['min held-in H']:.2f} | "
+            f"{'-' if math.isnan(m.get('min novel-safe H', math.nan)) else format(m['min novel-safe H'], '.2f')} | "
+            f"{', '.join(f'{d:+.2f}' for d in r['dF'])} |")
     return "\n".join(lines) + "\n"
 
 
