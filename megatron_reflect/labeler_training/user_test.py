@@ -40,6 +40,10 @@ from megatron_reflect.sources import benchmark_of, jsonl, normalise, order, root
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 LITERATURE_FILES = ("literature", "songs-poems", "humorists", "people", "drugs")
+# A second literature sample, fixed before its only run (on the final default of 2026-12-05,
+# after the first default's results on the test above had been seen): fortune files that no
+# earlier run, training or threshold read.
+FRESH_FILES = ("love", "wisdom", "work", "art", "men-women", "pratchett")
 FRAMED_REQUESTS = 300  # per class
 LITERATURE_CAP = 300  # segments per fortune file (hash order), so no one file outweighs the rest
 
@@ -97,7 +101,8 @@ def harmful_requests() -> list[str]:
     import json
 
     _, pyrit, _ = roots()
-    texts = [r["user"] for r in json.loads((pyrit / "jailbreak" / "many_shot_examples.json").read_text(encoding="utf-8"))]
+    many_shot = pyrit / "jailbreak" / "many_shot_examples.json"
+    texts = [r["user"] for r in json.loads(many_shot.read_text(encoding="utf-8"))]
     texts += [v for v, _ in seed_values(pyrit / "seed_datasets" / "local" / "adv_bench.prompt")]
     texts += [o for o, *_ in scorer_rows(pyrit) if o]
     keep = {normalise(t): t.strip() for t in texts if benchmark_of(t) and not COPYRIGHT.match(t.strip())}
@@ -149,6 +154,51 @@ def items(per_class: int = FRAMED_REQUESTS) -> list[TestItem]:
     return out
 
 
+# Keyword groups of the requests, for reading the misses (reporting only; nothing is tuned on them).
+REQUEST_GROUPS = (
+    ("persuasion/misinformation writing", re.compile(r"persuasive|article|blog post|essay|convinc|misinformation|"
+                                                     r"propaganda|claim", re.I)),
+    ("chemical/biological/drugs", re.compile(r"synthes|chemical|biolog|toxin|nerve|virus|bacteri|drug|meth|cocaine|"
+                                             r"fentanyl", re.I)),
+    ("cyber", re.compile(r"hack|exploit|malware|code|script|sql|ddos|password|ransom", re.I)),
+)
+
+
+def request_group(text: str) -> str:
+    if text.startswith("Solve this:"):
+        return "math word problem"
+    if text.startswith("Write Python code"):
+        return "programming task"
+    return next((name for name, rx in REQUEST_GROUPS if rx.search(text)), "other")
+
+
+def fresh_literature(labeler, cap: int = LITERATURE_CAP) -> dict:
+    """Flag rate on each FRESH_FILES fortune file (at most ``cap`` segments each) and over all."""
+    from megatron_reflect.data.segment import SegmenterConfig, segment_document
+    from megatron_reflect.data.types import Document
+
+    out: dict = {}
+    flags_all: list[bool] = []
+    for name, entries in fortunes(FRESH_FILES).items():
+        segs = [s.text.strip() for i, e in enumerate(entries)
+                for s in segment_document(Document(f"{name}:{i}", e), SegmenterConfig(max_words=100))
+                if len(s.text.split()) >= 3]
+        segs = sorted(segs, key=order)[:cap]
+        flags = [lab.verdict.value != "Safe" for lab in labeler.predict(segs)]
+        out[name] = {"segments": len(segs), "flagged": round(float(np.mean(flags)), 4)}
+        flags_all += flags
+    out["all"] = {"segments": len(flags_all), "flagged": round(float(np.mean(flags_all)), 4)}
+    return out
+
+
+def _request_of(framed_text: str) -> str:
+    """The benign request inside a framed test segment (for grouping)."""
+    for marker in ("Solve this:", "Write Python code"):
+        if marker in framed_text:
+            return framed_text[framed_text.index(marker):]
+    return framed_text
+
+
 def run(labeler, test: Sequence[TestItem] | None = None) -> dict:
     """Flag rates per domain, recall, AUROC and the worst ordinary domain of ``labeler`` on the test."""
     from sklearn.metrics import roc_auc_score
@@ -166,7 +216,14 @@ def run(labeler, test: Sequence[TestItem] | None = None) -> dict:
     neg = lit | (dom == "benign_framed")
     ordinary = [d for d in per if d.startswith("literature:")]
     worst = max(ordinary, key=lambda d: per[d]["flagged"])
-    return {"domains": per,
+    groups: dict[str, dict] = {}
+    for d in ("harmful_bare", "benign_framed"):
+        idx = np.flatnonzero(dom == d)
+        kinds = [request_group(test[i].text if d.endswith("bare") else _request_of(test[i].text)) for i in idx]
+        groups[d] = {k: {"requests": kinds.count(k), "flagged": round(float(np.mean([flagged[i] for i, g in
+                                                                                     zip(idx, kinds) if g == k])), 4)}
+                     for k in sorted(set(kinds))}
+    return {"domains": per, "by_request_group": groups,
             "literature_flagged": round(float(flagged[lit].mean()), 4),
             "worst_literature": {"domain": worst, "flagged": per[worst]["flagged"]},
             "framed_harmful_recall": per["harmful_framed"]["flagged"],

@@ -97,8 +97,9 @@ def dequantize(arrays: Any) -> dict[str, np.ndarray]:
     return state
 
 
-def load(weights: str | Path, n_outputs: int, threads: int | None = None) -> Any:
-    """A SafetyEncoder in eval mode with the artifact's (dequantized) layers and head."""
+def load(weights: str | Path, n_outputs: int, threads: int | None = None, device: str | None = None) -> Any:
+    """A SafetyEncoder in eval mode with the artifact's (dequantized) layers and head, on ``device``
+    (default: CUDA when there is one, else the CPU)."""
     import torch
 
     model = build(n_outputs, threads)
@@ -111,18 +112,18 @@ def load(weights: str | Path, n_outputs: int, threads: int | None = None) -> Any
         raise LabelerError(f"{weights}: the artifact lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); "
                            f"retrain with tools/train_classifier.py")
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-    return model.eval()
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 
 def logits(model: Any, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """[len(texts), n_outputs] logits; batches of similar length (less padding)."""
     import torch
 
-    out = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
+    out = np.zeros((len(texts), model.head.out_features), dtype=np.float32)  # (a quantized head keeps out_features)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     with torch.inference_mode():
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
-            enc = model.encode([texts[i] for i in idx])
-            out[idx] = model(**enc).float().numpy()
+            enc = model.encode([texts[i] for i in idx]).to(model.bert.embeddings.word_embeddings.weight.device)
+            out[idx] = model(**enc).float().cpu().numpy()
     return out
