@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=str(DEFAULT_DIR), help="the hand-labelled set")
     p.add_argument("--llm-url", help="also judge with the LLM judge at this OpenAI-compatible base URL (…/v1)")
     p.add_argument("--llm-model", default="judge")
-    p.add_argument("--classifier-model", default=None, help="classifier family (default: the packaged default)")
+    p.add_argument("--classifier-model", default=None,
+                   help="classifier family: minilm (the judge's, default), hashed, or default (the fine-tuned labeler)")
     args = p.parse_args(argv)
     from megatron_reflect.eval.judges.classifier import ClassifierJudge
     from megatron_reflect.eval.judges.refusal import RefusalJudge
