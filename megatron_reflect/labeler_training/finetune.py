@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -43,7 +42,9 @@ from megatron_reflect.errors import DataError
 from megatron_reflect.labeler_training.corpus import DOMAINS, Example, load_domain_examples
 from megatron_reflect.labeler_training.frames import (CALIBRATION_ONLY_DOMAINS, FRAME_DOMAINS, calibration_only_examples,
                                                       everyday_examples, frame_examples)
-from megatron_reflect.labeler_training.linear import SHIPPED_HELD_OUT_DOMAIN, _cap, auroc, domain_weights, hash_mod
+from megatron_reflect.data.indexed import write_json_atomic
+from megatron_reflect.labeler_training.linear import (SHIPPED_HELD_OUT_DOMAIN, _cap, auroc, domain_weights, hash_mod,
+                                                     save_artifact)
 from megatron_reflect.sources import evaluation_hashes, norm_hash
 
 ARTIFACT_NAME = "safety_classifier"
@@ -163,12 +164,7 @@ def write_artifact(out_dir: str | Path, model, meta: dict, name: str = ARTIFACT_
     """``<name>.npz`` (int8 layers + float32 head) and ``<name>.json``, each written under a temporary name."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp_npz, tmp_json = out / f".{name}.tmp-{os.getpid()}.npz", out / f".{name}.tmp-{os.getpid()}.json"
-    np.savez_compressed(tmp_npz, **encoder.quantize(model.trained_state()))
-    meta = {"family": "finetuned", **meta}
-    tmp_json.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp_npz, out / f"{name}.npz")
-    os.replace(tmp_json, out / f"{name}.json")
+    meta = save_artifact(out, name, encoder.quantize(model.trained_state()), {"family": "finetuned", **meta})
     meta["artifact_bytes"] = (out / f"{name}.npz").stat().st_size
     return meta
 
@@ -218,9 +214,7 @@ def attach_user_test(out_dir: str | Path, name: str = ARTIFACT_NAME) -> dict:
     path = Path(out_dir) / f"{name}.json"
     meta = json.loads(path.read_text(encoding="utf-8"))
     meta["user_test"] = user_test.run(ClassifierLabeler(out_dir))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, meta)
     return meta
 
 

@@ -394,6 +394,11 @@ def write_artifact(out_dir: str | Path, name: str, head: Head, meta: dict) -> di
     else:
         meta["features"] = {"kind": head.family, "dim": int(head.coef.shape[0])}
         arrays = {"weights": head.coef.astype(np.float32), "bias": head.bias}
+    return save_artifact(out, name, arrays, meta)
+
+
+def save_artifact(out: Path, name: str, arrays: dict[str, np.ndarray], meta: dict) -> dict:
+    """Write ``<name>.npz`` and ``<name>.json`` under temporary names, then rename both; returns ``meta``."""
     tmp_npz, tmp_json = out / f".{name}.tmp-{os.getpid()}.npz", out / f".{name}.tmp-{os.getpid()}.json"
     np.savez_compressed(tmp_npz, **arrays)
     tmp_json.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
