@@ -79,10 +79,10 @@ def test_strict_error_and_file_errors(tmp_path):
     s = Skipped("f.jsonl", 3, "empty text")
     with pytest.raises(DataError, match=r"f.jsonl:3: empty text"):
         raise s.error()
-    with pytest.raises(DataError, match="no such input file"):
+    with pytest.raises(DataError, match="no such corpus file"):
         iter_records(tmp_path / "missing.jsonl")
     (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match="unknown corpus format"):
+    with pytest.raises(DataError, match="unknown corpus file format"):
         iter_records(tmp_path / "x.csv")
     pq.write_table(pa.Table.from_pylist([{"body": "x"}]), tmp_path / "y.parquet")
     with pytest.raises(DataError, match=r"no column \['text'\]"):

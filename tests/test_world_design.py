@@ -107,7 +107,6 @@ def test_sft_set_keeps_unforced_alternatives_and_holds_no_trap_risk() -> None:
 
 
 def _rec(groups, pi, unsafe, helpful, nll, f=None) -> dict:
-    n = len(groups)
     pi = np.asarray(pi, dtype=float)
     return {"groups": groups, "pi": pi.tolist(), "p": pi.tolist(), "unsafe": unsafe, "helpful": helpful,
             "prompt_nll": nll, "f": (np.zeros_like(pi) if f is None else np.asarray(f)).tolist()}

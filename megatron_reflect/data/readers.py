@@ -20,7 +20,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, NamedTuple, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, NamedTuple, Sequence
 
 from megatron_reflect.data.types import Document
 from megatron_reflect.errors import DataError
@@ -29,6 +29,7 @@ from megatron_reflect.errors import DataError
 # is almost always a dump, not prose.  Callers can raise it.
 DEFAULT_MAX_CHARS = 5_000_000
 PARQUET_BATCH_ROWS = 1024
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,7 @@ def _document(record: Any, source: str, name: str, line: int, json_keys: Sequenc
     return Document(doc_id=doc_id, text=text, source=source, line=line, fields=fields)
 
 
-def _iter_jsonl(path: Path, json_keys: Sequence[str], id_key: str, max_chars: int,
-                start: ReadPosition) -> Iterator[tuple[Document | Skipped, ReadPosition]]:
+def _jsonl_records(path: Path, max_chars: int, start: ReadPosition) -> Iterator[tuple[Any, ReadPosition]]:
     source = str(path)
     # A line of more than 4 bytes per allowed character cannot be within the limit:
     # reject it before decoding.
@@ -114,42 +114,38 @@ def _iter_jsonl(path: Path, json_keys: Sequence[str], id_key: str, max_chars: in
         _skip_bytes(fh, offset, path)
         for line_no, raw in enumerate(fh, start=start.line + 1):
             offset += len(raw)
+            pos = ReadPosition(records + 1, line_no, offset)
             if len(raw) > max_bytes:
                 records += 1
-                yield (Skipped(source, line_no, f"line of {len(raw)} bytes exceeds the document limit "
-                                                f"of {max_chars} characters"), ReadPosition(records, line_no, offset))
+                yield Skipped(source, line_no, f"line of {len(raw)} bytes exceeds the document limit "
+                                               f"of {max_chars} characters"), pos
                 continue
             try:
                 decoded = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 records += 1
-                yield Skipped(source, line_no, f"invalid UTF-8 at byte {e.start}"), ReadPosition(records, line_no, offset)
+                yield Skipped(source, line_no, f"invalid UTF-8 at byte {e.start}"), pos
                 continue
             if not decoded.strip():
                 continue  # blank line: not a record
             records += 1
             try:
-                record = json.loads(decoded)
+                yield json.loads(decoded), pos
             except json.JSONDecodeError as e:
-                yield (Skipped(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}"),
-                       ReadPosition(records, line_no, offset))
-                continue
-            yield (_document(record, source, path.name, line_no, json_keys, id_key, max_chars),
-                   ReadPosition(records, line_no, offset))
+                yield Skipped(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}"), pos
 
 
-def _iter_parquet(path: Path, json_keys: Sequence[str], id_key: str, max_chars: int,
-                  start: ReadPosition) -> Iterator[tuple[Document | Skipped, ReadPosition]]:
+def _parquet_records(path: Path, start: ReadPosition, check_columns: Callable[[list[str]], str | None]
+                     ) -> Iterator[tuple[Any, ReadPosition]]:
     import pyarrow.parquet as pq
 
-    source = str(path)
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a file that is not parquet
         raise DataError(f"{path}: not a readable parquet file ({e})") from e
-    missing = [k for k in json_keys if k not in pf.schema_arrow.names]
-    if missing:
-        raise DataError(f"{path}: parquet file has no column {missing} (columns: {pf.schema_arrow.names})")
+    problem = check_columns(pf.schema_arrow.names)
+    if problem:
+        raise DataError(f"{path}: parquet file has {problem} (columns: {pf.schema_arrow.names})")
     row, records = 0, start.records
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
         if row + batch.num_rows <= start.offset:  # before the resume position: not decoded
@@ -160,7 +156,25 @@ def _iter_parquet(path: Path, json_keys: Sequence[str], id_key: str, max_chars: 
         for record in batch.slice(first).to_pylist():
             row += 1
             records += 1
-            yield _document(record, source, path.name, row, json_keys, id_key, max_chars), ReadPosition(records, row, row)
+            yield record, ReadPosition(records, row, row)
+
+
+def iter_raw(path: str | Path, max_chars: int = DEFAULT_MAX_CHARS, start: ReadPosition = START,
+             check_columns: Callable[[list[str]], str | None] = lambda names: None, what: str = "corpus file"
+             ) -> Iterator[tuple[Any, ReadPosition]]:
+    """Decoded records of a jsonl (plain, .gz, .zst) or parquet file with the position after each,
+    from ``start``: a record that cannot be decoded comes as ``Skipped``; its line is ``position.line``.
+    ``check_columns`` gets a parquet file's column names and returns what is wrong with them, or None.
+    The one streaming loop under corpus documents (``iter_positioned``) and chat records (``posttrain/chat``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such {what}")
+    name = path.name
+    if name.endswith(".parquet"):
+        return _parquet_records(path, start, check_columns)
+    if name.endswith(JSONL_SUFFIXES):
+        return _jsonl_records(path, max_chars, start)
+    raise DataError(f"{path}: unknown {what} format (expected .jsonl, .jsonl.gz, .jsonl.zst or .parquet)")
 
 
 def iter_positioned(path: str | Path, json_keys: Sequence[str] = ("text",), id_key: str = "id",
@@ -168,14 +182,14 @@ def iter_positioned(path: str | Path, json_keys: Sequence[str] = ("text",), id_k
                     ) -> Iterator[tuple[Document | Skipped, ReadPosition]]:
     """``iter_records`` with the position after each record, starting after ``start``."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such input file")
-    name = path.name
-    if name.endswith(".parquet"):
-        return _iter_parquet(path, json_keys, id_key, max_chars, start)
-    if any(name.endswith(ext) for ext in (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")):
-        return _iter_jsonl(path, json_keys, id_key, max_chars, start)
-    raise DataError(f"{path}: unknown corpus format (expected .jsonl, .jsonl.gz, .jsonl.zst or .parquet)")
+
+    def missing(names: list[str]) -> str | None:
+        gone = [k for k in json_keys if k not in names]
+        return f"no column {gone}" if gone else None
+
+    source, name = str(path), path.name
+    return ((rec if isinstance(rec, Skipped) else _document(rec, source, name, pos.line, json_keys, id_key, max_chars),
+             pos) for rec, pos in iter_raw(path, max_chars, start, missing, what="corpus file"))
 
 
 def iter_records(path: str | Path, json_keys: Sequence[str] = ("text",), id_key: str = "id",

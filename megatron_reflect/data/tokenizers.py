@@ -36,7 +36,7 @@ import numpy as np
 
 from megatron_reflect.data.types import Piece
 from megatron_reflect.errors import ConfigError, DataError
-from megatron_reflect.reflection import DEFAULT_TEMPLATE, TEXT, ReflectionTemplate, meta_code
+from megatron_reflect.reflection import DEFAULT_TEMPLATE, ReflectionTemplate, meta_code
 
 TOKENIZER_TYPES: dict[str, str] = {
     "hf": "hf", "huggingface": "hf", "huggingfacetokenizer": "hf",

@@ -20,6 +20,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 from megatron_reflect.errors import DataError
 from megatron_reflect.packaged import pyrit_datasets_dir
@@ -256,28 +257,22 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
     return list(reader)
 
 
-def read_prompt_file(path: str | Path, limit: int | None = None) -> list[Prompt]:
-    """The user's prompts: JSONL (one object with a ``prompt`` field per line) or CSV with a ``prompt`` column.
-
-    Other fields are kept in ``meta`` (e.g. ``target`` for GCG, ``response`` for prefilling).
-    """
+def user_rows(path: str | Path, what: str, csv_column: str | None = None) -> Iterator[tuple[Any, str, str]]:
+    """``(row, "file:line", "name:line")`` for every record of a user's JSONL or CSV file, strictly:
+    a missing file, another format, invalid JSON or a CSV without ``csv_column`` raises ``DataError``
+    naming the file (and line).  ``what`` names the file in errors ("prompt file")."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: prompt file not found")
-    out: list[Prompt] = []
-    if path.suffix.lower() == ".csv":
+        raise DataError(f"{path}: {what} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
-            if "prompt" not in (reader.fieldnames or []):
-                raise DataError(f"{path}: CSV needs a 'prompt' column; found {reader.fieldnames}")
+            if csv_column and csv_column not in (reader.fieldnames or []):
+                raise DataError(f"{path}: CSV needs a '{csv_column}' column; found {reader.fieldnames}")
             for row in reader:
-                line = reader.line_num
-                text = (row.get("prompt") or "").strip()
-                if not text:
-                    raise DataError(f"{path}:{line}: empty 'prompt'")
-                out.append(Prompt(str(row.get("id") or f"{path.name}:{line}"), text,
-                                  {k: v for k, v in row.items() if k not in ("id", "prompt")}))
-    elif path.suffix.lower() in (".jsonl", ".json"):
+                yield row, f"{path}:{reader.line_num}", f"{path.name}:{reader.line_num}"
+    elif suffix in (".jsonl", ".json"):
         with path.open(encoding="utf-8") as f:
             for line, raw in enumerate(f, 1):
                 if not raw.strip():
@@ -286,12 +281,22 @@ def read_prompt_file(path: str | Path, limit: int | None = None) -> list[Prompt]
                     row = json.loads(raw)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{line}: invalid JSON ({e.msg})") from e
-                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                    raise DataError(f"{path}:{line}: expected an object with a non-empty string field 'prompt'")
-                out.append(Prompt(str(row.get("id") or f"{path.name}:{line}"), row["prompt"].strip(),
-                                  {k: v for k, v in row.items() if k not in ("id", "prompt")}))
+                yield row, f"{path}:{line}", f"{path.name}:{line}"
     else:
-        raise DataError(f"{path}: prompt files must be .jsonl or .csv")
+        raise DataError(f"{path}: {what}s must be .jsonl or .csv")
+
+
+def read_prompt_file(path: str | Path, limit: int | None = None) -> list[Prompt]:
+    """The user's prompts: JSONL (one object with a ``prompt`` field per line) or CSV with a ``prompt`` column.
+
+    Other fields are kept in ``meta`` (e.g. ``target`` for GCG, ``response`` for prefilling).
+    """
+    out: list[Prompt] = []
+    for row, where, default_id in user_rows(path, "prompt file", csv_column="prompt"):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise DataError(f"{where}: expected an object with a non-empty string field 'prompt'")
+        out.append(Prompt(str(row.get("id") or default_id), row["prompt"].strip(),
+                          {k: v for k, v in row.items() if k not in ("id", "prompt")}))
     if not out:
         raise DataError(f"{path}: no prompts")
     return out if limit is None else out[:limit]

@@ -51,7 +51,7 @@ def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "float3
     """(model in eval mode, tokenizer with left padding and a pad token) from a HF directory."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = Path(model_dir)
     if not (path / "config.json").is_file():

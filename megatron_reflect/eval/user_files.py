@@ -16,13 +16,11 @@ file and line (an evaluation set must be exactly what the user gave), like
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from megatron_reflect.errors import DataError
-from megatron_reflect.eval.data import LabelledText
+from megatron_reflect.eval.data import LabelledText, user_rows
 
 LABEL_KEYS = ("unsafe", "label", "harmful", "verdict")
 
@@ -62,27 +60,7 @@ def _item(row: Any, where: str, default_id: str) -> LabelledText:
 
 def read_labelled_file(path: str | Path, limit: int | None = None) -> list[LabelledText]:
     """Labelled texts of a user file (JSONL or CSV), in file order; both classes must occur."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: labelled file not found")
-    out: list[LabelledText] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                out.append(_item(row, f"{path}:{reader.line_num}", f"{path.name}:{reader.line_num}"))
-    elif path.suffix.lower() in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
-            for line, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line}: invalid JSON ({e.msg})") from e
-                out.append(_item(row, f"{path}:{line}", f"{path.name}:{line}"))
-    else:
-        raise DataError(f"{path}: labelled files must be .jsonl or .csv")
+    out = [_item(row, where, default_id) for row, where, default_id in user_rows(path, "labelled file")]
     if not out:
         raise DataError(f"{path}: no labelled texts")
     out = out if limit is None else out[:limit]

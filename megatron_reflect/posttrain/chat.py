@@ -13,17 +13,14 @@ Cost: one JSON decode per line; memory is one record (one parquet batch).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from megatron_reflect.data.readers import (DEFAULT_MAX_CHARS, PARQUET_BATCH_ROWS, START, ReadPosition, Skipped,
-                                           _open_binary, _skip_bytes)
+from megatron_reflect.data.readers import DEFAULT_MAX_CHARS, START, ReadPosition, Skipped, iter_raw
 from megatron_reflect.errors import DataError
 
 ROLES = ("system", "user", "assistant")
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
 
 
 @dataclass(frozen=True)
@@ -101,73 +98,19 @@ def conversation(record: Any, source: str, name: str, line: int, id_key: str = "
     return Conversation(str(raw_id) if raw_id is not None else f"{name}:{line}", tuple(messages), source, line, rest)
 
 
-def _iter_jsonl(path: Path, id_key: str, max_chars: int, start: ReadPosition
-                ) -> Iterator[tuple[Conversation | Skipped, ReadPosition]]:
-    source, records, offset = str(path), start.records, start.offset
-    max_bytes = 4 * max_chars + 1024
-    with _open_binary(path) as fh:
-        _skip_bytes(fh, offset, path)
-        for line_no, raw in enumerate(fh, start=start.line + 1):
-            offset += len(raw)
-            pos = ReadPosition(records + 1, line_no, offset)
-            if len(raw) > max_bytes:
-                records += 1
-                yield Skipped(source, line_no, f"line of {len(raw)} bytes exceeds the limit of {max_chars} "
-                                               f"characters"), pos
-                continue
-            try:
-                decoded = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                records += 1
-                yield Skipped(source, line_no, f"invalid UTF-8 at byte {e.start}"), pos
-                continue
-            if not decoded.strip():
-                continue
-            records += 1
-            try:
-                record = json.loads(decoded)
-            except json.JSONDecodeError as e:
-                yield Skipped(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}"), pos
-                continue
-            yield conversation(record, source, path.name, line_no, id_key, max_chars), pos
-
-
-def _iter_parquet(path: Path, id_key: str, max_chars: int, start: ReadPosition
-                  ) -> Iterator[tuple[Conversation | Skipped, ReadPosition]]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a file that is not parquet
-        raise DataError(f"{path}: not a readable parquet file ({e})") from e
-    names = pf.schema_arrow.names
-    if "messages" not in names and not {"prompt", "response"} <= set(names):
-        raise DataError(f"{path}: parquet file has neither a 'messages' column nor 'prompt' and 'response' "
-                        f"(columns: {names})")
-    row, records = 0, start.records
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        if row + batch.num_rows <= start.offset:
-            row += batch.num_rows
-            continue
-        first = max(0, start.offset - row)
-        row += first
-        for record in batch.slice(first).to_pylist():
-            row += 1
-            records += 1
-            yield conversation(record, str(path), path.name, row, id_key, max_chars), ReadPosition(records, row, row)
+def _chat_columns(names: list[str]) -> str | None:
+    if "messages" in names or {"prompt", "response"} <= set(names) or {"question", "answer"} <= set(names):
+        return None
+    return "neither a 'messages' column nor 'prompt' and 'response' (or 'question' and 'answer')"
 
 
 def iter_conversations(path: str | Path, id_key: str = "id", max_chars: int = DEFAULT_MAX_CHARS,
                        start: ReadPosition = START) -> Iterator[tuple[Conversation | Skipped, ReadPosition]]:
     """Stream ``(Conversation | Skipped, position after it)`` from one chat file, after ``start``."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such chat file")
-    if path.name.endswith(".parquet"):
-        return _iter_parquet(path, id_key, max_chars, start)
-    if path.name.endswith(JSONL_SUFFIXES):
-        return _iter_jsonl(path, id_key, max_chars, start)
-    raise DataError(f"{path}: unknown chat file format (expected .jsonl, .jsonl.gz, .jsonl.zst or .parquet)")
+    source, name = str(path), path.name
+    return ((rec if isinstance(rec, Skipped) else conversation(rec, source, name, pos.line, id_key, max_chars), pos)
+            for rec, pos in iter_raw(path, max_chars, start, _chat_columns, what="chat file"))
 
 
 def read_conversations(path: str | Path, strict: bool = True, limit: int | None = None

@@ -41,7 +41,7 @@ from typing import Any, Sequence, Union
 
 import torch
 
-from megatron_reflect.errors import ConfigError, DataError
+from megatron_reflect.errors import DataError
 from megatron_reflect.eval.data import QAPair, rho_pairs
 from megatron_reflect.eval.models import chat_prompt, resolve_device
 from megatron_reflect.reflection import Reflection, ReflectionTemplate, Verdict
