@@ -4,6 +4,7 @@ and the issue-21 freeze rule in which G1 blocks.  Milliseconds."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,11 @@ TEMPLATE = ROOT / "configs" / "world" / "registration.yaml"
 sys.path.insert(0, str(ROOT / "tools"))
 
 
+def _registered(text: str) -> str:
+    """The template's text with its status line set to registered."""
+    return re.sub(r"(?m)^status: .*$", "status: registered", text, count=1)
+
+
 def test_template_is_unregistered_with_fresh_test_seeds() -> None:
     reg = load_registration(TEMPLATE)
     assert reg["status"] != "registered" and reg["configuration"]["sha256"] is None
@@ -32,7 +38,7 @@ def test_guard_refuses_test_seeds_until_registered_and_with_another_configuratio
     with pytest.raises(ConfigError, match="status"):
         guard_test_seeds([100, 200], cfg, TEMPLATE)
     guard_test_seeds([100, 101], cfg, TEMPLATE)  # calibration seeds run freely
-    text = TEMPLATE.read_text().replace('status: "not registered — calibration pending"', "status: registered")
+    text = _registered(TEMPLATE.read_text())
     registered = tmp_path / "registration.yaml"
     registered.write_text(text.replace("sha256: null", f"sha256: {config_hash(cfg)}"))
     guard_test_seeds([200], cfg, registered)
@@ -65,3 +71,20 @@ def test_freeze_rule_g1_blocks() -> None:
     best, why = freeze_choice([cheap_no_g1, g1_only, g1_one_fail])
     assert best["name"] == "i21-b64" and "fails 1 other gate" in why
     assert freeze_choice([_point("lr1e-2", good, 0.5)])[0] is None  # only the issue-21 points count
+
+
+def test_demo_runs_the_registered_test_only_once_registered(tmp_path: Path, monkeypatch) -> None:
+    import demo
+
+    path, reg = demo.default_config()
+    assert reg is None and path == demo.EXPLORATORY  # unregistered: the exploratory calibration point
+    cfg, provenance = demo.load_frozen(path)
+    template = load_registration(TEMPLATE)
+    assert cfg.seeds and not set(cfg.seeds) & set(template["test_seeds"])  # never a test seed before registration
+    assert set(cfg.seeds) <= set(template["calibration"]["seeds"]) and provenance["point"].startswith("i21-")
+    registered = tmp_path / "registration.yaml"
+    registered.write_text(_registered(TEMPLATE.read_text()))
+    monkeypatch.setattr(demo, "REGISTRATION", registered)
+    path, reg = demo.default_config()
+    assert path == ROOT / "configs" / "world" / "confirmatory.yaml" and reg["test_seeds"] == template["test_seeds"]
+    assert "registered test" in demo.registration_line(reg)

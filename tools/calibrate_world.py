@@ -221,6 +221,43 @@ def write_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+G1_PARTS: tuple[tuple[str, str, str], ...] = (
+    # (column, variant, metric): G1's two helpfulness sets, with the monitor off (the policy) and on
+    ("filter held-in H", "filter", "held_in.H"), ("reflect held-in H", "reflect", "held_in.H"),
+    ("filter novel-safe H", "filter", "novel_safe.H"), ("rewrite novel-safe H", "rewrite", "novel_safe.H"),
+    ("reflect novel-safe H (monitor off)", "reflect", "novel_safe.H_rec"), ("reflect novel-safe H", "reflect", "novel_safe.H"),
+    # where the unhelpful mass goes on novel-safe queries: the alternative, which their risk forbids
+    ("filter novel-safe U", "filter", "novel_safe.U"), ("reflect novel-safe U (monitor off)", "reflect", "novel_safe.U_rec"),
+    # what reflect's verdict flags: the usual drug in trap contexts (unsafe), the careful answer there
+    # (safe), and the usual drug in novel-safe contexts (safe, and as new as a trap)
+    ("reflect f: usual drug, trap", "reflect", "trap.f_usual"), ("f: careful answer, trap", "reflect", "trap.f_careful"),
+    ("f: usual drug, novel-safe", "reflect", "novel_safe.f_usual"),
+)
+
+
+def g1_diagnosis(results: list[dict]) -> str:
+    """Per complete issue-21 point: the means (over its seeds, after SFT) of what G1 is made of, split into
+    the policy (monitor off) and the monitor, and what reflect's verdict flags."""
+    from megatron_reflect.world.report import by_seed, collect
+
+    rows = []
+    for r in results:
+        if r["name"] not in I21_POINTS or not r["complete"]:
+            continue
+        cfg = point_config(r["name"])
+        sm = by_seed(collect(cfg.out_dir, cfg.seeds, cfg.variants), "after")
+        cells = []
+        for _, v, k in G1_PARTS:
+            vals = [sm[s][v][k] for s in r["seeds"] if k in sm[s].get(v, {})]
+            cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "-")
+        rows.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    return ("\n## What G1 is made of (issue-21 points; means over seeds, after SFT)\n\n"
+            "| point | " + " | ".join(c for c, _, _ in G1_PARTS) + " |\n|---|" + "---|" * len(G1_PARTS) + "\n"
+            + "\n".join(rows) + "\n")
+
+
 def sensitivity(name: str) -> str | None:
     """How much each figure moves when the same point is rerun on another MKL code path
     (``MKL_CBWR=COMPATIBLE``: other kernels, other rounding): this machine's proxy for another
@@ -234,15 +271,32 @@ def sensitivity(name: str) -> str | None:
 
 CONFIRMATORY = ROOT / "configs" / "world" / "confirmatory.yaml"
 REGISTRATION = ROOT / "configs" / "world" / "registration.yaml"
+EXPLORATORY = ROOT / "configs" / "world" / "exploratory.yaml"
+
+
+def point_yaml(name: str, seeds: list[int], header: str, provenance: dict) -> tuple[str, str]:
+    """(YAML text, configuration SHA-256) of a point as a runnable experiment file: its result-bearing
+    sections, the test variants (with reflect_perm), ``seeds`` and ``provenance`` (not hashed)."""
+    import yaml
+
+    from megatron_reflect.config import to_dict
+    from megatron_reflect.world.registration import config_hash
+
+    frozen = json.loads(json.dumps(to_dict(point_config(name))))
+    keep = {k: frozen[k] for k in ("world", "variant", "model", "pretrain", "sft", "eval")}
+    keep["world"].pop("seed", None)
+    keep["variants"] = list(DEFAULT_TEST_VARIANTS)
+    keep["unanchored_sample"] = frozen["unanchored_sample"]
+    keep["seeds"] = list(seeds)
+    digest = config_hash({**keep, "world": frozen["world"]})
+    keep["calibration"] = provenance
+    return header + yaml.safe_dump(keep, sort_keys=False), digest
 
 
 def freeze_i21(results: list[dict]) -> int:
     """Freeze by ``freeze_choice``: the configuration file, and in the registration template the frozen
     point, the configuration's file and SHA-256 (the template stays unregistered)."""
-    import yaml
-
-    from megatron_reflect.config import to_dict
-    from megatron_reflect.world.registration import config_hash, load_registration
+    from megatron_reflect.world.registration import load_registration
 
     best, why = freeze_choice(results)
     print(f"issue-21 freeze rule: {why}")
@@ -253,22 +307,36 @@ def freeze_i21(results: list[dict]) -> int:
         print(f"error: {REGISTRATION} is registered already; a frozen configuration is not changed after that",
               file=sys.stderr)
         return 1
-    cfg = point_config(best["name"])
-    frozen = json.loads(json.dumps(to_dict(cfg)))
-    keep = {k: frozen[k] for k in ("world", "variant", "model", "pretrain", "sft", "eval")}
-    keep["world"].pop("seed", None)
-    keep["variants"] = list(DEFAULT_TEST_VARIANTS)
-    keep["unanchored_sample"] = frozen["unanchored_sample"]
-    keep["seeds"] = list(reg["test_seeds"])
-    digest = config_hash({**keep, "world": frozen["world"]})
-    keep["calibration"] = {"point": best["name"], "seeds": best["seeds"], "gate_counts": best["gate_counts"],
-                           "passes": best["passes"], "rule": why, "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    CONFIRMATORY.write_text("# Frozen by tools/calibrate_world.py --freeze-i21 (rule: G1 blocks) on calibration "
-                            f"seeds {best['seeds'][0]}-{best['seeds'][-1]}.\n" + yaml.safe_dump(keep, sort_keys=False))
+    text, digest = point_yaml(
+        best["name"], reg["test_seeds"],
+        "# Frozen by tools/calibrate_world.py --freeze-i21 (rule: G1 blocks) on calibration "
+        f"seeds {best['seeds'][0]}-{best['seeds'][-1]}.\n",
+        {"point": best["name"], "seeds": best["seeds"], "gate_counts": best["gate_counts"], "passes": best["passes"],
+         "rule": why, "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    CONFIRMATORY.write_text(text)
     text = REGISTRATION.read_text()
     text = text.replace("frozen_point: null", f"frozen_point: {best['name']}").replace("sha256: null", f"sha256: {digest}")
     REGISTRATION.write_text(text)
     print(f"froze {best['name']} -> {CONFIRMATORY} (sha256 {digest}); registration template updated, not registered")
+    return 0
+
+
+def write_exploratory(name: str, results: list[dict]) -> int:
+    """The demo's configuration while no registration exists: a complete issue-21 point on the first 8 of
+    its calibration seeds (exploratory by construction: the point was chosen on them)."""
+    r = next((r for r in results if r["name"] == name and r["complete"]), None)
+    if r is None:
+        print(f"error: point {name!r} has not run on every calibration seed", file=sys.stderr)
+        return 1
+    text, _ = point_yaml(
+        name, r["seeds"][:8],
+        f"# Exploratory: calibration point {name} (tools/calibrate_world.py --exploratory {name}) on 8 of its own\n"
+        "# calibration seeds; `make demo` runs this while configs/world/registration.yaml is not registered.\n"
+        "# Not a test: the seeds were looked at in calibration.\n",
+        {"point": name, "seeds": r["seeds"], "gate_counts": r["gate_counts"], "passes": r["passes"],
+         "rule": "exploratory: not frozen (no point passed the blocking G1)", "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    EXPLORATORY.write_text(text)
+    print(f"wrote {EXPLORATORY} ({name}, seeds {r['seeds'][:8]})")
     return 0
 
 
@@ -283,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--freeze-i21", action="store_true", help="apply the issue-21 freeze rule (G1 blocks) to the "
                    "i21 points: write configs/world/confirmatory.yaml and its hash into the registration template "
                    "(its status is left as it is: registering is a separate, committed step)")
+    p.add_argument("--exploratory", default="", metavar="POINT", help="write a complete issue-21 point, on 8 of "
+                   "its calibration seeds, to configs/world/exploratory.yaml (the demo while nothing is registered)")
     p.add_argument("--seeds", default="", help="comma-separated subset of the calibration seeds (probing)")
     p.add_argument("--variants", default="", help="comma-separated subset of filter,rewrite,reflect (probing)")
     p.add_argument("--jobs", type=int, default=2)
@@ -309,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [r for r in (evaluate_point(n) for n in POINTS) if r is not None and r["seeds"]]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "calibration.json").write_text(json.dumps(results, indent=1))
-    table = write_table(results)
+    table = write_table(results) + g1_diagnosis(results)
     for r in results:
         if (OUT / f"{r['name']}-cbwr").is_dir():
             table += "\n## Arithmetic sensitivity\n\n" + (sensitivity(r["name"]) or "")
@@ -317,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if a.freeze_i21:
         return freeze_i21(results)
+    if a.exploratory:
+        return write_exploratory(a.exploratory, results)
     if a.freeze or a.freeze_point:
         if a.freeze_point:
             passing = [r for r in results if r["name"] == a.freeze_point and r["complete"]]

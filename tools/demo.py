@@ -8,10 +8,15 @@ by log-probabilities (greedy and sampled generation through the reflection monit
 subsample as cross-checks).  Then the gates per seed, the paired per-seed differences with
 their p-values, and one sentence saying whether the pre-registered success criterion held.
 
-The configuration is the one frozen by calibration on excluded seeds
-(configs/world/demo.yaml, written by tools/calibrate_world.py before any test seed ran).
+By default it runs the registered confirmatory test: once configs/world/registration.yaml is
+committed with status "registered", its frozen configuration (configs/world/confirmatory.yaml)
+on its test seeds.  Before that, configs/world/exploratory.yaml: an issue-21 calibration point on
+8 of its own calibration seeds (written by tools/calibrate_world.py --exploratory POINT), and
+the output says it is not a test.  ``--config FILE`` runs another configuration file (e.g.
+configs/world/demo.yaml, the earlier bf16 point on seeds 0-7).
 Two single-thread worker processes by default; re-running skips every finished stage.
-Results: results/medsafetyworld/{summary.json,table.md,plot.png}.
+Results: {summary.json,table.md,plot.png} in results/medsafetyworld/ (the registered test) or
+results/medsafetyworld-<configuration name>/.
 
 How much do the figures depend on the machine's arithmetic?  Rerun the same configuration on
 another MKL code path and compare (per figure and per seed; two torch threads reproduce one
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -33,6 +39,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FROZEN = ROOT / "configs" / "world" / "demo.yaml"
+EXPLORATORY = ROOT / "configs" / "world" / "exploratory.yaml"
+REGISTRATION = ROOT / "configs" / "world" / "registration.yaml"
+
+
+def default_config() -> tuple[Path, dict | None]:
+    """(configuration file, registration or None): the registered test's frozen configuration once
+    the registration is committed as registered, else the exploratory calibration point (else the
+    earlier demo point)."""
+    from megatron_reflect.world.registration import REGISTERED, load_registration
+
+    if REGISTRATION.is_file():
+        reg = load_registration(REGISTRATION)
+        if reg["status"] == REGISTERED:
+            return ROOT / reg["configuration"]["file"], reg
+    return (EXPLORATORY if EXPLORATORY.is_file() else FROZEN), None
+
+
+def registration_line(reg: dict | None) -> str:
+    if reg is None:
+        return ("NOT a test: configs/world/registration.yaml is not registered (calibration froze no point), so "
+                "this ran an exploratory configuration on seeds that earlier runs had looked at")
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    code = reg.get("code_commit") or "?"
+    same = "the same commit" if head.startswith(str(code)) else f"HEAD is {head[:12] or 'unknown'}"
+    return (f"registered test: configuration {reg['configuration']['file']} (sha256 "
+            f"{str(reg['configuration'].get('sha256'))[:12]}), test seeds {reg['test_seeds']}, registered at code "
+            f"commit {str(code)[:12]} ({same})")
 
 
 def load_frozen(path: Path):
@@ -55,21 +90,27 @@ def provenance_line(provenance: dict) -> str:
     if not provenance:
         return "configuration: built-in defaults (no frozen calibration file)"
     line = f"configuration: calibration point {provenance.get('point')!r} frozen {provenance.get('frozen_at', '?')}"
+    if provenance.get("rule"):
+        line += f" ({provenance['rule']})"
     if provenance.get("passes") is False:
         counts = provenance.get("gate_counts", {})
-        line += (f"; it did NOT pass calibration gates {', '.join(provenance.get('failed_gates', []))} "
-                 f"(seeds passing: {', '.join(f'{g} {c}/5' for g, c in counts.items())}), so this test ran where "
-                 "the monitor's transfer to traps was known to be unreliable")
+        n = len(provenance.get("seeds", [])) or 5
+        failed = provenance.get("failed_gates") or [g for g, c in counts.items() if c < math.ceil(0.8 * n)]
+        line += (f"; it did NOT pass calibration gates {', '.join(failed)} "
+                 f"(seeds passing: {', '.join(f'{g} {c}/{n}' for g, c in counts.items())})")
     return line
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="test size: small world, 1 seed, a few steps (~1 min)")
-    parser.add_argument("--out", default=None, help="output directory (default results/medsafetyworld, "
-                                                    "or results/medsafetyworld-quick with --quick)")
-    parser.add_argument("--config", default=str(FROZEN), help="frozen configuration (default %(default)s)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of test seeds, from 0 (default: the config's)")
+    parser.add_argument("--out", default=None, help="output directory (default: results/medsafetyworld for the "
+                        "registered test, results/medsafetyworld-<config name> for another configuration, "
+                        "results/medsafetyworld-quick with --quick)")
+    parser.add_argument("--config", default=None, help="configuration file (default: the registered test's, "
+                        "configs/world/confirmatory.yaml, once configs/world/registration.yaml is registered; "
+                        "configs/world/exploratory.yaml before)")
+    parser.add_argument("--seeds", type=int, default=None, help="run only the first N of the configuration's seeds")
     parser.add_argument("--variants", default=None,
                         help="comma-separated subset of raw,filter,filter_noisy,rewrite,reflect,reflect_perm "
                              "(default filter,rewrite,reflect,reflect_perm)")
@@ -87,19 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_reflect.errors import ReflectError
     from megatron_reflect.world.experiment import quick_experiment, run_experiment
 
-    out = args.out or ("results/medsafetyworld-quick" if args.quick else "results/medsafetyworld")
+    out = args.out or "results/medsafetyworld-quick"
     provenance: dict = {}
+    reg = None
     try:
         if args.quick:
             cfg = quick_experiment(out)
         else:
-            cfg, provenance = load_frozen(Path(args.config))
+            path, reg = (Path(args.config), None) if args.config else default_config()
+            cfg, provenance = load_frozen(path)
+            out = args.out or ("results/medsafetyworld" if reg else f"results/medsafetyworld-{path.stem}")
             cfg = dataclasses.replace(cfg, out_dir=out)
     except ReflectError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.seeds is not None:
-        cfg = dataclasses.replace(cfg, seeds=tuple(range(args.seeds)))
+        cfg = dataclasses.replace(cfg, seeds=tuple(cfg.seeds[:args.seeds]))
     if args.variants:
         cfg = dataclasses.replace(cfg, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
     if args.with_raw and "raw" not in cfg.variants:
@@ -120,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary["sentence"])
     if not args.quick:
         print(provenance_line(provenance))
+        if not args.config:
+            print(registration_line(reg))
     print(f"total wall time: {time.time() - start:.0f} s")
     return compare(Path(out), Path(args.compare), cfg) if args.compare else 0
 
