@@ -6,7 +6,7 @@
 #   docker build -t megatron_reflect .
 #   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
 #       -v $PWD:/workspace/megatron_reflect -it megatron_reflect
-#   (inside) tools/gpu_check.sh        # the GPU acceptance check, ~5-6 min on one H100/H200
+#   (inside) tools/gpu_check.sh        # the GPU acceptance check (sized for ~5-6 min on one H100/H200; not yet run on one)
 # Pushed to a registry (docker tag/push, or enroot import for SLURM + pyxis), the same image runs
 # examples/pretrain_smollm2_1p7b_fineweb_edu.sbatch (CONTAINER=<that image>).
 ARG BASE=nvcr.io/nvidia/pytorch:26.10-py3
