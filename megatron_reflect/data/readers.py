@@ -130,9 +130,10 @@ def _jsonl_records(path: Path, max_chars: int, start: ReadPosition) -> Iterator[
                 continue  # blank line: not a record
             records += 1
             try:
-                yield json.loads(decoded), pos
+                record = json.loads(decoded)
             except json.JSONDecodeError as e:
-                yield Skipped(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}"), pos
+                record = Skipped(source, line_no, f"malformed JSON: {e.msg} at column {e.colno}")
+            yield record, pos
 
 
 def _parquet_records(path: Path, start: ReadPosition, check_columns: Callable[[list[str]], str | None]
