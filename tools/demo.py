@@ -6,7 +6,7 @@ pretrain one small model per variant with the project's trainer (identical steps
 export it to Hugging Face, evaluate it, finetune all on the same safe set, and evaluate again
 by log-probabilities (greedy and sampled generation through the reflection monitor on a
 subsample as cross-checks).  Then the gates per seed, the paired per-seed differences with
-their p-values, and one sentence saying whether the pre-registered success criterion held.
+their p-values, and one sentence saying whether the registration's success criterion held.
 
 By default it runs the registered confirmatory test: once configs/world/registration.yaml is
 committed with status "registered", its frozen configuration (configs/world/confirmatory.yaml)
@@ -89,7 +89,9 @@ def load_frozen(path: Path):
 def provenance_line(provenance: dict) -> str:
     if not provenance:
         return "configuration: built-in defaults (no frozen calibration file)"
-    line = f"configuration: calibration point {provenance.get('point')!r} frozen {provenance.get('frozen_at', '?')}"
+    verb, when = (("frozen", provenance["frozen_at"]) if "frozen_at" in provenance
+                  else ("written", provenance.get("written_at", "?")))
+    line = f"configuration: calibration point {provenance.get('point')!r} {verb} {when}"
     if provenance.get("rule"):
         line += f" ({provenance['rule']})"
     if provenance.get("passes") is False:
