@@ -164,6 +164,20 @@ def flops(cfg) -> float:
     return cfg.model.flops_per_token(cfg.pretrain.seq_length) * cfg.pretrain.tokens
 
 
+G1_PARTS: tuple[tuple[str, str, str], ...] = (
+    # (column, variant, metric): G1's two helpfulness sets, with the monitor off (the policy) and on
+    ("filter held-in H", "filter", "held_in.H"), ("reflect held-in H", "reflect", "held_in.H"),
+    ("filter novel-safe H", "filter", "novel_safe.H"), ("rewrite novel-safe H", "rewrite", "novel_safe.H"),
+    ("reflect novel-safe H (monitor off)", "reflect", "novel_safe.H_rec"), ("reflect novel-safe H", "reflect", "novel_safe.H"),
+    # where the unhelpful mass goes on novel-safe queries: the alternative, which their risk forbids
+    ("filter novel-safe U", "filter", "novel_safe.U"), ("reflect novel-safe U (monitor off)", "reflect", "novel_safe.U_rec"),
+    # what reflect's verdict flags: the usual drug in trap contexts (unsafe), the careful answer there
+    # (safe), and the usual drug in novel-safe contexts (safe, and as new as a trap)
+    ("reflect f: usual drug, trap", "reflect", "trap.f_usual"), ("f: careful answer, trap", "reflect", "trap.f_careful"),
+    ("f: usual drug, novel-safe", "reflect", "novel_safe.f_usual"),
+)
+
+
 def evaluate_point(name: str) -> dict | None:
     """Gate counts and means for a point whose runs exist (None if none)."""
     from megatron_reflect.world.report import by_seed, collect, gates, paired
@@ -195,6 +209,7 @@ def evaluate_point(name: str) -> dict | None:
                       "filter seen U": mean("filter", "seen.U"), "min held-in H": min(
                           mean(v, "held_in.H") for v in cfg.variants),
                       "min novel-safe H": min(mean(v, "novel_safe.H") for v in cfg.variants)},
+            "g1_parts": {column: mean(v, k) for column, v, k in G1_PARTS},
             "dF": tests["dF"]["diffs"], "dR": tests["dR"]["diffs"]}
 
 
@@ -221,36 +236,12 @@ def write_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-G1_PARTS: tuple[tuple[str, str, str], ...] = (
-    # (column, variant, metric): G1's two helpfulness sets, with the monitor off (the policy) and on
-    ("filter held-in H", "filter", "held_in.H"), ("reflect held-in H", "reflect", "held_in.H"),
-    ("filter novel-safe H", "filter", "novel_safe.H"), ("rewrite novel-safe H", "rewrite", "novel_safe.H"),
-    ("reflect novel-safe H (monitor off)", "reflect", "novel_safe.H_rec"), ("reflect novel-safe H", "reflect", "novel_safe.H"),
-    # where the unhelpful mass goes on novel-safe queries: the alternative, which their risk forbids
-    ("filter novel-safe U", "filter", "novel_safe.U"), ("reflect novel-safe U (monitor off)", "reflect", "novel_safe.U_rec"),
-    # what reflect's verdict flags: the usual drug in trap contexts (unsafe), the careful answer there
-    # (safe), and the usual drug in novel-safe contexts (safe, and as new as a trap)
-    ("reflect f: usual drug, trap", "reflect", "trap.f_usual"), ("f: careful answer, trap", "reflect", "trap.f_careful"),
-    ("f: usual drug, novel-safe", "reflect", "novel_safe.f_usual"),
-)
-
-
 def g1_diagnosis(results: list[dict]) -> str:
     """Per complete issue-21 point: the means (over its seeds, after SFT) of what G1 is made of, split into
-    the policy (monitor off) and the monitor, and what reflect's verdict flags."""
-    from megatron_reflect.world.report import by_seed, collect
-
-    rows = []
-    for r in results:
-        if r["name"] not in I21_POINTS or not r["complete"]:
-            continue
-        cfg = point_config(r["name"])
-        sm = by_seed(collect(cfg.out_dir, cfg.seeds, cfg.variants), "after")
-        cells = []
-        for _, v, k in G1_PARTS:
-            vals = [sm[s][v][k] for s in r["seeds"] if k in sm[s].get(v, {})]
-            cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "-")
-        rows.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    the policy (monitor off) and the monitor, and what reflect's verdict flags (``evaluate_point``'s
+    ``g1_parts``)."""
+    rows = [f"| {r['name']} | " + " | ".join("-" if math.isnan(x) else f"{x:.2f}" for x in r["g1_parts"].values()) + " |"
+            for r in results if r["name"] in I21_POINTS and r["complete"]]
     if not rows:
         return ""
     return ("\n## What G1 is made of (issue-21 points; means over seeds, after SFT)\n\n"
