@@ -545,7 +545,7 @@ class EmbeddingCache:
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         keys = [text_key(t) for t in texts]
-        todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in self.rows))
+        todo = list(dict((k, t) for t, k in zip(texts, keys) if k not in self.rows).items())  # (key, text), each once
         if todo:
             if self._featurizer is None:
                 from megatron_reflect.data.labelers.features import build_featurizer
@@ -556,10 +556,10 @@ class EmbeddingCache:
             bar = tqdm(total=len(todo), desc=f"embed {self.family}", unit=" texts", disable=not progress)
             for start in range(0, len(todo), self.chunk):
                 part = todo[start:start + self.chunk]
-                vecs = self._featurizer.transform(part)
-                for t in part:
-                    self.rows[text_key(t)] = len(self.keys)
-                    self.keys.append(text_key(t))
+                vecs = self._featurizer.transform([t for _, t in part])
+                for k, _ in part:
+                    self.rows[k] = len(self.keys)
+                    self.keys.append(k)
                 self.matrix = np.concatenate([self.matrix, vecs.astype(np.float16).astype(np.float32)])
                 self._save()
                 bar.update(len(part))
