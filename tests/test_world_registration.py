@@ -20,25 +20,49 @@ TEMPLATE = ROOT / "configs" / "world" / "registration.yaml"
 sys.path.insert(0, str(ROOT / "tools"))
 
 
+def _with_status(text: str, status: str) -> str:
+    """The registration's text with its status line replaced."""
+    return re.sub(r"(?m)^status: .*$", f"status: {status}", text, count=1)
+
+
 def _registered(text: str) -> str:
-    """The template's text with its status line set to registered."""
-    return re.sub(r"(?m)^status: .*$", "status: registered", text, count=1)
+    return _with_status(text, "registered")
 
 
-def test_template_is_unregistered_with_fresh_test_seeds() -> None:
+def _unregistered(tmp_path: Path) -> Path:
+    """A copy of the registration as it stood before it was committed as registered."""
+    path = tmp_path / "unregistered.yaml"
+    path.write_text(_with_status(TEMPLATE.read_text(), '"not registered"').replace(
+        re.search(r"sha256: [0-9a-f]{64}", TEMPLATE.read_text()).group(0), "sha256: null"))
+    return path
+
+
+def test_registration_names_fresh_test_seeds_and_the_frozen_configuration() -> None:
+    import demo
+
     reg = load_registration(TEMPLATE)
-    assert reg["status"] != "registered" and reg["configuration"]["sha256"] is None
     seeds = set(reg["test_seeds"])
     assert len(seeds) >= 8 and not seeds & set(range(8)) and not seeds & set(range(100, 105))
     assert not seeds & set(reg["calibration"]["seeds"]) and len(reg["calibration"]["seeds"]) >= 10
+    # the hash is of the configuration that the demo loads from the frozen file, test seeds included
+    cfg, provenance = demo.load_frozen(ROOT / reg["configuration"]["file"])
+    assert reg["configuration"]["sha256"] == config_hash(to_dict(cfg))
+    assert sorted(cfg.seeds) == sorted(seeds) and provenance["point"] == reg["calibration"]["frozen_point"]
+    if reg["status"] == "registered":  # then the code commit it names exists in this history
+        import subprocess
+
+        code = str(reg["code_commit"])
+        assert re.fullmatch(r"[0-9a-f]{7,40}", code)
+        assert subprocess.run(["git", "merge-base", "--is-ancestor", code, "HEAD"], cwd=ROOT).returncode == 0
 
 
 def test_guard_refuses_test_seeds_until_registered_and_with_another_configuration(tmp_path: Path) -> None:
     cfg = to_dict(ExperimentConfig())
+    unregistered = _unregistered(tmp_path)
     with pytest.raises(ConfigError, match="status"):
-        guard_test_seeds([100, 200], cfg, TEMPLATE)
-    guard_test_seeds([100, 101], cfg, TEMPLATE)  # calibration seeds run freely
-    text = _registered(TEMPLATE.read_text())
+        guard_test_seeds([100, 200], cfg, unregistered)
+    guard_test_seeds([100, 101], cfg, unregistered)  # calibration seeds run freely
+    text = _registered(unregistered.read_text())
     registered = tmp_path / "registration.yaml"
     registered.write_text(text.replace("sha256: null", f"sha256: {config_hash(cfg)}"))
     guard_test_seeds([200], cfg, registered)
@@ -76,12 +100,14 @@ def test_freeze_rule_g1_blocks() -> None:
 def test_demo_runs_the_registered_test_only_once_registered(tmp_path: Path, monkeypatch) -> None:
     import demo
 
+    monkeypatch.setattr(demo, "REGISTRATION", _unregistered(tmp_path))
     path, reg = demo.default_config()
     assert reg is None and path == demo.EXPLORATORY  # unregistered: the exploratory calibration point
     cfg, provenance = demo.load_frozen(path)
     template = load_registration(TEMPLATE)
     assert cfg.seeds and not set(cfg.seeds) & set(template["test_seeds"])  # never a test seed before registration
     assert set(cfg.seeds) <= set(template["calibration"]["seeds"]) and provenance["point"].startswith("i21-")
+    assert demo.registration_line(reg).startswith("NOT a test")
     registered = tmp_path / "registration.yaml"
     registered.write_text(_registered(TEMPLATE.read_text()))
     monkeypatch.setattr(demo, "REGISTRATION", registered)

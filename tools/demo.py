@@ -63,8 +63,16 @@ def registration_line(reg: dict | None) -> str:
     import subprocess
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    code = reg.get("code_commit") or "?"
-    same = "the same commit" if head.startswith(str(code)) else f"HEAD is {head[:12] or 'unknown'}"
+    code = str(reg.get("code_commit") or "?")
+    if head.startswith(code):
+        same = "the same commit"
+    else:  # the registration commit comes after the code commit: say whether anything but it changed
+        changed = subprocess.run(["git", "diff", "--quiet", code, "HEAD", "--", "megatron_reflect", "tools",
+                                  "configs/world", "pyproject.toml", ":(exclude)configs/world/registration.yaml"],
+                                 cwd=ROOT, capture_output=True)
+        same = f"HEAD is {head[:12] or 'unknown'}; " + {0: "code and configuration unchanged since",
+                                                        1: "code or configuration CHANGED since"}.get(
+            changed.returncode, "cannot compare with git")
     return (f"registered test: configuration {reg['configuration']['file']} (sha256 "
             f"{str(reg['configuration'].get('sha256'))[:12]}), test seeds {reg['test_seeds']}, registered at code "
             f"commit {str(code)[:12]} ({same})")
