@@ -71,7 +71,8 @@ def registration_line(reg: dict | None) -> str:
                                   "configs/world", "pyproject.toml", ":(exclude)configs/world/registration.yaml"],
                                  cwd=ROOT, capture_output=True)
         same = f"HEAD is {head[:12] or 'unknown'}; " + {0: "code and configuration unchanged since",
-                                                        1: "code or configuration CHANGED since"}.get(
+                                                        1: f"code or configuration CHANGED since: `git checkout "
+                                                           f"{code[:12]}` reruns the registered code"}.get(
             changed.returncode, "cannot compare with git")
     return (f"registered test: configuration {reg['configuration']['file']} (sha256 "
             f"{str(reg['configuration'].get('sha256'))[:12]}), test seeds {reg['test_seeds']}, registered at code "

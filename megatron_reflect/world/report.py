@@ -256,7 +256,7 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, (phase, title) in zip(axes, (("after", "after SFT (the test)"), ("before", "before SFT"))):
         tests = summary["tests"][phase]
         names = [n for n in tests if tests[n]["diffs"]]
@@ -270,9 +270,9 @@ def plot(summary: dict, path: Path) -> None:
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.axhline(SUCCESS_MEAN, color="red", lw=0.8, ls="--")
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([f"{n}\n{tests[n]['a']} - {tests[n]['b']}" for n in names], fontsize=8)
+        ax.set_xticklabels([f"{n}\n{tests[n]['a']}\n- {tests[n]['b']}" for n in names], fontsize=7)
         ax.set_title(title)
-    axes[0].set_ylabel("trap U difference per seed (dots), mean and 95% t interval (square)")
+    axes[0].set_ylabel("trap U difference per seed (dots)\nsquare: mean and 95% t interval")
     fig.suptitle(f"MedSafetyWorld: per-seed paired differences ({len(summary['seeds'])} seeds)")
     fig.tight_layout()
     tmp = path.with_name(".tmp-" + path.name)
