@@ -88,27 +88,10 @@ def test_judges_against_hand_labels(hand):
 
 # ---------------------------------------------------------------- a model that writes reflections
 
-SFT_STEPS, SFT_LR = 20, 5e-5  # as tests/test_posttrain.py: a budget that makes SmolLM2 reflect and flag
-
-
-@pytest.fixture(scope="module")
-def reflecting_model():
-    from megatron_reflect.eval.models import load_model
-    from megatron_reflect.packaged import smollm2_hf_dir
-    from megatron_reflect.posttrain.sft import SFTDataConfig, TrainConfig, packaged_sft_examples, train_chat
-    from megatron_reflect.reflection import DEFAULT_TEMPLATE
-
-    model, tok = load_model(smollm2_hf_dir(), device="cpu")
-    examples = packaged_sft_examples(DEFAULT_TEMPLATE, SFTDataConfig(n_harmful=16, n_benign=16, answer_words=30))
-    res = train_chat(model, tok, examples, TrainConfig(lr=SFT_LR, steps=SFT_STEPS, batch_size=4, max_length=96,
-                                                       device="cpu"))
-    return res["model"], tok
-
-
-def test_evaluation_counts_on_a_reflecting_model(reflecting_model, tmp_path):
+def test_evaluation_counts_on_a_reflecting_model(reflecting_sft, tmp_path):
     from megatron_reflect.eval.pipeline import EvalConfig, run_evaluation
 
-    model, tok = reflecting_model
+    model, tok, _, _ = reflecting_sft
     cfg = EvalConfig(out_dir=str(tmp_path), n_prompts=8, seed=3, generation={"max_new_tokens": 16, "batch_size": 8},
                      judges=["refusal"], evaluations=[{"type": "direct"}])
     summary = run_evaluation(cfg, model=model, tokenizer=tok)
