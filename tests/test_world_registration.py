@@ -32,8 +32,7 @@ def _registered(text: str) -> str:
 def _unregistered(tmp_path: Path) -> Path:
     """A copy of the registration as it stood before it was committed as registered."""
     path = tmp_path / "unregistered.yaml"
-    path.write_text(_with_status(TEMPLATE.read_text(), '"not registered"').replace(
-        re.search(r"sha256: [0-9a-f]{64}", TEMPLATE.read_text()).group(0), "sha256: null"))
+    path.write_text(re.sub(r"sha256: [0-9a-f]{64}", "sha256: null", _with_status(TEMPLATE.read_text(), '"not registered"')))
     return path
 
 

@@ -327,7 +327,7 @@ def write_exploratory(name: str, results: list[dict]) -> int:
         "# calibration seeds; `make demo` runs this while configs/world/registration.yaml is not registered.\n"
         "# Not a test: the seeds were looked at in calibration.\n",
         {"point": name, "seeds": r["seeds"], "gate_counts": r["gate_counts"], "passes": r["passes"],
-         "rule": "exploratory: not frozen (no point passed the blocking G1)",
+         "rule": "exploratory: a calibration point on its own calibration seeds, not frozen",
          "written_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     EXPLORATORY.write_text(text)
     print(f"wrote {EXPLORATORY} ({name}, seeds {r['seeds'][:8]})")

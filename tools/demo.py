@@ -58,7 +58,7 @@ def default_config() -> tuple[Path, dict | None]:
 
 def registration_line(reg: dict | None) -> str:
     if reg is None:
-        return ("NOT a test: configs/world/registration.yaml is not registered (calibration froze no point), so "
+        return ("NOT a test: configs/world/registration.yaml is not registered, so "
                 "this ran an exploratory configuration on seeds that earlier runs had looked at")
     import subprocess
 
