@@ -184,3 +184,40 @@ def test_packed_rows_do_not_attend_across_examples(tiny_hf):
     n = len(rows[0][0])
     assert torch.allclose(packed[:n], alone[0], atol=1e-5)
     assert torch.allclose(packed[n:], alone[1], atol=1e-5)
+
+
+def test_two_process_sft_equals_one_process_with_grad_accum(tiny_hf, tmp_path):
+    """The multi-GPU route, on two CPU processes (torchrun, gloo): DDP over 2 ranks at batch 2 takes
+    the same optimizer steps as one process at batch 2 with 2 accumulation micro-batches (each rank
+    gets every other batch of the same seeded order, gradients averaged over all trained tokens),
+    so the per-step losses and the saved weights agree; rank 0 alone writes the output."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    recs = [{"messages": [{"role": "user", "content": f"Question number {i}?"},
+                          {"role": "assistant", "content": " <think> Unsafe </think>" if i % 3 == 0 else
+                           " <think> Safe </think> " + " ".join(f"word{j}" for j in range(i + 3))}]} for i in range(8)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    common = ["--model", str(tiny_hf), "--data", str(tmp_path / "sft.jsonl"), "--steps", "3", "--batch-size", "2",
+              "--lr", "1e-2", "--max-length", "64", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    for cmd in (torchrun + [str(root / "tools" / "sft.py"), "--out", str(tmp_path / "ddp")] + common,
+                [sys.executable, str(root / "tools" / "sft.py"), "--out", str(tmp_path / "one"), "--grad-accum", "2"]
+                + common):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp, one = (json.loads((tmp_path / d / "sft_summary.json").read_text()) for d in ("ddp", "one"))
+    assert len(ddp["losses"]) == 3 and ddp["losses"][-1] < ddp["losses"][0]
+    assert ddp["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    w_ddp, w_one, w0 = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "ddp", tmp_path / "one", tiny_hf))
+    moved = max((w_one[k] - w0[k]).abs().max().item() for k in w0)
+    assert moved > 1e-2  # training changed the weights ...
+    assert max((w_ddp[k] - w_one[k]).abs().max().item() for k in w0) < 1e-4  # ... identically in both runs
+    assert not (tmp_path / "ddp.tmp").exists()

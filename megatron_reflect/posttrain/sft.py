@@ -310,7 +310,7 @@ def _sft_trainer(model, tokenizer, rows: list[tuple[list[int], list[int]]], cfg:
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         max_length=cfg.max_length, packing=cfg.packing, packing_strategy="bfd", dataloader_num_workers=0,
-        dataset_num_proc=None, log_level="warning")
+        dataset_num_proc=None, log_level="warning", ddp_find_unused_parameters=False)
     data = Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]})
     if not cfg.progress:
         import datasets
