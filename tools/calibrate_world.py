@@ -36,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from megatron_reflect.files import write_text_atomic  # noqa: E402
+
 OUT = ROOT / "results" / "calibration"
 FROZEN = ROOT / "configs" / "world" / "demo.yaml"
 VARIANTS = ("filter", "rewrite", "reflect")
@@ -306,10 +308,10 @@ def freeze_i21(results: list[dict]) -> int:
         f"seeds {best['seeds'][0]}-{best['seeds'][-1]}.\n",
         {"point": best["name"], "seeds": best["seeds"], "gate_counts": best["gate_counts"], "passes": best["passes"],
          "rule": why, "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S")})
-    CONFIRMATORY.write_text(text)
+    write_text_atomic(CONFIRMATORY, text)
     text = REGISTRATION.read_text()
     text = text.replace("frozen_point: null", f"frozen_point: {best['name']}").replace("sha256: null", f"sha256: {digest}")
-    REGISTRATION.write_text(text)
+    write_text_atomic(REGISTRATION, text)
     print(f"froze {best['name']} -> {CONFIRMATORY} (sha256 {digest}); registration template updated, not registered")
     return 0
 
@@ -329,7 +331,7 @@ def write_exploratory(name: str, results: list[dict]) -> int:
         {"point": name, "seeds": r["seeds"], "gate_counts": r["gate_counts"], "passes": r["passes"],
          "rule": "exploratory: a calibration point on its own calibration seeds, not frozen",
          "written_at": time.strftime("%Y-%m-%d %H:%M:%S")})
-    EXPLORATORY.write_text(text)
+    write_text_atomic(EXPLORATORY, text)
     print(f"wrote {EXPLORATORY} ({name}, seeds {r['seeds'][:8]})")
     return 0
 
@@ -372,12 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     # points with no seed complete (a probe stopped early) have nothing to report
     results = [r for r in (evaluate_point(n) for n in POINTS) if r is not None and r["seeds"]]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "calibration.json").write_text(json.dumps(results, indent=1))
+    write_text_atomic(OUT / "calibration.json", json.dumps(results, indent=1))
     table = write_table(results) + g1_diagnosis(results)
     for r in results:
         if (OUT / f"{r['name']}-cbwr").is_dir():
             table += "\n## Arithmetic sensitivity\n\n" + (sensitivity(r["name"]) or "")
-    (OUT / "table.md").write_text(table)
+    write_text_atomic(OUT / "table.md", table)
     print(table)
     if a.freeze_i21:
         return freeze_i21(results)
@@ -412,11 +414,11 @@ def main(argv: list[str] | None = None) -> int:
                                "passes": best["passes"], "failed_gates": failed,
                                "frozen_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         keep["world"].pop("seed", None)
-        FROZEN.parent.mkdir(parents=True, exist_ok=True)
-        FROZEN.write_text("# Frozen by tools/calibrate_world.py before any test seed ran (calibration seeds "
-                          "100-104).\n" + ("" if best["passes"] else
-                                           f"# This point did NOT pass the gates: {', '.join(failed)} held on fewer "
-                                           f"than {pass_seeds(len(best['seeds']))} of 5 seeds.\n") + yaml.safe_dump(keep, sort_keys=False))
+        header = "# Frozen by tools/calibrate_world.py before any test seed ran (calibration seeds 100-104).\n"
+        if not best["passes"]:
+            header += (f"# This point did NOT pass the gates: {', '.join(failed)} held on fewer "
+                       f"than {pass_seeds(len(best['seeds']))} of 5 seeds.\n")
+        write_text_atomic(FROZEN, header + yaml.safe_dump(keep, sort_keys=False))
         print(f"froze {best['name']} -> {FROZEN}" + ("" if best["passes"] else f" (failed gates: {failed})"))
     return 0
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -185,6 +184,7 @@ def compare(out: Path, other: Path, cfg) -> int:
     """Print and write the comparison of two runs of the same configuration."""
     import json
 
+    from megatron_reflect.files import write_text_atomic
     from megatron_reflect.world.report import compare_runs
 
     config = other / "experiment_config.json"
@@ -199,10 +199,7 @@ def compare(out: Path, other: Path, cfg) -> int:
         return 1
     print()
     print(text)
-    path = out / f"compare-{other.name}.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(out / f"compare-{other.name}.md", text)
     return 0
 
 

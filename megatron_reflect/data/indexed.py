@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_reflect.errors import DataError
+from megatron_reflect.files import write_json_atomic
 
 TOKENS_SUFFIX = "_text_document"
 META_SUFFIX = "_reflect_meta"
@@ -71,12 +72,6 @@ def dataset_files(prefix: str | Path) -> list[Path]:
 
 def is_complete(prefix: str | Path) -> bool:
     return stats_path(prefix).is_file() and all(p.is_file() for p in dataset_files(prefix))
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=str))
-    os.replace(tmp, path)
 
 
 def write_index(idx_path: str | Path, dtype: np.dtype, sequence_lengths: np.ndarray,

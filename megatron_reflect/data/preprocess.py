@@ -48,12 +48,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from megatron_reflect.data.indexed import (PairedWriter, ResumablePairedWriter, dataset_files, is_complete,
-                                           stats_path, write_json_atomic)
+                                           stats_path)
 from megatron_reflect.data.readers import START, ReadPosition
 from megatron_reflect.data.render import MODES, build_rewriter, render
 from megatron_reflect.data.tokenizers import Tokenizer, build_tokenizer, configure_threads
 from megatron_reflect.data.types import Document, Label, Piece, Segment
 from megatron_reflect.errors import ConfigError, DataError, ReflectError
+from megatron_reflect.files import write_json_atomic
 from megatron_reflect.reflection import KIND_MASK, VERDICT_FLAG, ReflectionTemplate, Verdict
 
 MAX_LISTED_SKIPS = 1000

@@ -36,6 +36,7 @@ import numpy as np
 
 from megatron_reflect.data.types import Piece
 from megatron_reflect.errors import ConfigError, DataError
+from megatron_reflect.files import write_json_atomic, write_text_atomic
 from megatron_reflect.reflection import DEFAULT_TEMPLATE, ReflectionTemplate, meta_code
 
 TOKENIZER_TYPES: dict[str, str] = {
@@ -498,9 +499,7 @@ def train_sentencepiece(texts: Iterable[str], out_prefix: str | Path, vocab_size
             unk_id=0, eos_id=1, bos_id=-1, pad_id=-1, num_threads=1, minloglevel=2)
     except RuntimeError as e:
         raise ConfigError(f"SentencePiece training failed: {e}") from None
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out)
-    out.with_suffix(".json").write_text(json.dumps({"vocab_size": vocab_size, "model_type": model_type,
-                                                    "user_symbols": list(user_symbols)}, indent=1))
+    write_text_atomic(out, buf.getvalue())
+    write_json_atomic(out.with_suffix(".json"), {"vocab_size": vocab_size, "model_type": model_type,
+                                                 "user_symbols": list(user_symbols)})
     return out

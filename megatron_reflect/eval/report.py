@@ -12,15 +12,11 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from megatron_reflect.files import write_text_atomic
 
 
 def write_samples(path: Path, records: list[dict]) -> None:
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
 
 
 def _rate(records: list[dict], key: str) -> float | None:
@@ -75,7 +71,7 @@ def write_markdown(path: Path, summary: dict) -> None:
         parts += ["## Judge agreement\n", markdown_table(rows, ["judges", "n", "agreement", "kappa"])]
     if summary.get("notes"):
         parts += ["## Notes\n", "".join(f"- {n}\n" for n in summary["notes"])]
-    _atomic_write(path, "\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))
 
 
 def write_plots(out_dir: Path, summary: dict) -> list[Path]:
@@ -127,7 +123,7 @@ def write_report(out_dir: str | Path, records: list[dict], summary: dict) -> dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_samples(out / "samples.jsonl", records)
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
     write_markdown(out / "summary.md", summary)
     plots = write_plots(out, summary)
     return {"samples": out / "samples.jsonl", "summary": out / "summary.json", "markdown": out / "summary.md",

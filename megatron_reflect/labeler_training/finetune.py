@@ -42,7 +42,7 @@ from megatron_reflect.errors import DataError
 from megatron_reflect.labeler_training.corpus import DOMAINS, Example, load_domain_examples
 from megatron_reflect.labeler_training.frames import (CALIBRATION_ONLY_DOMAINS, FRAME_DOMAINS, calibration_only_examples,
                                                       everyday_examples, frame_examples)
-from megatron_reflect.data.indexed import write_json_atomic
+from megatron_reflect.files import write_json_atomic
 from megatron_reflect.labeler_training.linear import (SHIPPED_HELD_OUT_DOMAIN, _cap, auroc, domain_weights, hash_mod,
                                                      save_artifact)
 from megatron_reflect.sources import evaluation_hashes, norm_hash

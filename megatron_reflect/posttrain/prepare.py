@@ -53,6 +53,7 @@ from megatron_reflect.data.readers import DEFAULT_MAX_CHARS, ReadPosition, Skipp
 from megatron_reflect.data.segment import SegmenterConfig, segment_spans
 from megatron_reflect.data.types import Document, Label, Labeler, Segment
 from megatron_reflect.errors import ConfigError, DataError
+from megatron_reflect.files import write_text_atomic
 from megatron_reflect.posttrain.chat import Conversation, iter_conversations
 from megatron_reflect.reflection import DEFAULT_TEMPLATE, Reflection, ReflectionTemplate, Verdict
 
@@ -306,12 +307,6 @@ def render_conversation(conv: Conversation, turns: dict[int, list[tuple[Segment,
 
 # ---------------------------------------------------------------- writing (parts, resume, merge)
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def stats_path_for(output: str | Path) -> Path:
     return Path(str(output) + ".stats.json")
 
@@ -369,9 +364,9 @@ def prepare_file(input_path: str | Path, output_path: str | Path, cfg: PrepareCo
         nonlocal rows, stats, skipped, n_part
         flush_batch()
         name = f"part-{n_part:05d}"
-        _atomic_write(parts / f"{name}.jsonl", "".join(r + "\n" for r in rows))
-        _atomic_write(parts / f"{name}.json", json.dumps({"settings": settings, "position": list(pos),
-                                                          "stats": dict(stats), "skipped": skipped}))
+        write_text_atomic(parts / f"{name}.jsonl", "".join(r + "\n" for r in rows))
+        write_text_atomic(parts / f"{name}.json", json.dumps({"settings": settings, "position": list(pos),
+                                                              "stats": dict(stats), "skipped": skipped}))
         n_part += 1
         rows, stats, skipped = [], Counter(), []
 
@@ -415,7 +410,7 @@ def prepare_file(input_path: str | Path, output_path: str | Path, cfg: PrepareCo
               "reflections": {k.removeprefix("reflection_"): v for k, v in sorted(total.items())
                               if k.startswith("reflection_")},
               "skipped_records": listed, "settings": settings["config"], "seconds": round(seconds, 3)}
-    _atomic_write(stats_file, json.dumps(result, indent=1))
+    write_text_atomic(stats_file, json.dumps(result, indent=1))
     shutil.rmtree(parts)
     return result
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from megatron_reflect.files import write_text_atomic
 from megatron_reflect.train.step import REPORT_KEYS
 
 def reduce_reports(reports: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu") -> dict[str, float]:
@@ -104,9 +104,7 @@ class MetricsWriter:
             else:
                 dropped += 1
         if dropped:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, step: int, values: dict[str, float], split: str = "train") -> None:
         if not self.enabled:

@@ -24,12 +24,12 @@ Cost: ~15 us per record.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_reflect.files import write_text_atomic
 from megatron_reflect.world.generator import Patient, World
 from megatron_reflect.world.oracle import careful_choice, contraindicating, judge
 from megatron_reflect.world.words import number_words as nw
@@ -280,13 +280,7 @@ def build_corpus(world: World) -> list[dict]:
 
 def write_jsonl(path: str | Path, records: list[dict]) -> Path:
     """Write records as JSONL under a temporary name, renamed when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in records))
     return path
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from megatron_reflect.errors import ConfigError
+from megatron_reflect.files import write_json_atomic
 from megatron_reflect.reflection import Reflection, ReflectionTemplate, Verdict
 from megatron_reflect.world.documents import NOTE_TEMPLATES, REC_LEAD, PatientSampler, body, prompt
 from megatron_reflect.world.generator import Patient, World
@@ -411,8 +412,6 @@ def evaluate_model(world: World, model_dir: str | Path, cfg: EvalConfig, reflect
     """Every figure for one model directory; with ``attacks`` also the finetuning attacks (their
     models written under ``work_dir``); with ``queries_path`` (and ``cfg.novelty_scores``) the
     per-query figures as JSON there."""
-    import json
-    import os
 
     from megatron_reflect.eval.models import load_model, load_template
 
@@ -421,10 +420,7 @@ def evaluate_model(world: World, model_dir: str | Path, cfg: EvalConfig, reflect
     queries: dict[str, dict] | None = {} if (cfg.novelty_scores and queries_path) else None
     flat = evaluate_loaded(world, model, tok, template, reflect, cfg, attacks, cross, queries)
     if queries is not None:
-        path = Path(queries_path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(queries))
-        os.replace(tmp, path)
+        write_json_atomic(queries_path, queries, indent=None)
     del model
     if attacks:
         from megatron_reflect.posttrain.sft import TrainConfig, finetune_examples

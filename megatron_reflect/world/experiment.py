@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Literal
 
 from megatron_reflect.config import from_dict, to_dict
 from megatron_reflect.errors import ConfigError
+from megatron_reflect.files import write_json_atomic
 from megatron_reflect.model.presets import ModelConfig
 from megatron_reflect.posttrain.sft import TrainConfig as SFTTrainConfig
 from megatron_reflect.world.config import WORLD_VERSION, WorldConfig, quick_config
@@ -137,9 +138,7 @@ def build_data(cfg: ExperimentConfig, seed: int) -> dict:
     t0 = time.process_time()
     stats = build_variants(world_for(cfg, seed), data_dir(cfg, seed), cfg.variants, cfg.variant)
     stats["cpu_seconds"] = round(time.process_time() - t0, 2)
-    tmp = marker.with_name("variants.json.tmp")
-    tmp.write_text(json.dumps(stats, indent=1))
-    os.replace(tmp, marker)
+    write_json_atomic(marker, stats)
     return stats
 
 
@@ -166,12 +165,6 @@ def train_config(cfg: ExperimentConfig, seed: int, variant: str):
         logging=LoggingConfig(log_interval=max(1, p.train_steps // 10), tensorboard=False),
         precision=PrecisionConfig(dtype=p.precision),
         seed=1234 + seed, run_dir=str(d / "pretrain"))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def count_unanchored(tcfg, sample: int = 0, seed: int = 0) -> dict:
@@ -227,7 +220,7 @@ def run_job(cfg: ExperimentConfig, seed: int, variant: str, log: Callable[[str],
                 "checkpoint": str(result.last_checkpoint)}
         if reflect and cfg.count_unanchored:
             info.update(count_unanchored(tcfg, cfg.unanchored_sample, seed))
-        _write_json(marker, info)
+        write_json_atomic(marker, info)
         log(f"[seed{seed}/{variant}] pretrained {result.steps} steps in {info['seconds']} s, "
             f"loss {result.final.get('loss', float('nan')):.3f}")
     timing: dict[str, float] = {}
@@ -248,8 +241,9 @@ def run_job(cfg: ExperimentConfig, seed: int, variant: str, log: Callable[[str],
     base_marker = d / "eval_base.json"
     c0 = time.process_time()
     if not base_marker.is_file():
-        _write_json(base_marker, evaluate_model(world, base, ecfg, reflect, cross=ecfg.cross_check and ecfg.cross_check_base,
-                                                queries_path=d / "queries_base.json"))
+        base_eval = evaluate_model(world, base, ecfg, reflect, cross=ecfg.cross_check and ecfg.cross_check_base,
+                                   queries_path=d / "queries_base.json")
+        write_json_atomic(base_marker, base_eval)
     timing["eval_base_cpu_seconds"] = round(time.process_time() - c0, 2)
     sft_dir = d / "hf_sft"
     c0 = time.process_time()
@@ -267,7 +261,7 @@ def run_job(cfg: ExperimentConfig, seed: int, variant: str, log: Callable[[str],
               "pretrain": json.loads(marker.read_text()), "metrics": metrics,
               "metrics_base": json.loads(base_marker.read_text()), "timing": timing,
               "sft": json.loads((sft_dir / "sft_summary.json").read_text()) | {"losses": None}}
-    _write_json(done, result)
+    write_json_atomic(done, result)
     log(f"[seed{seed}/{variant}] {headline(metrics)}")
     return result
 
@@ -290,7 +284,7 @@ def save_config(cfg: ExperimentConfig) -> Path:
                               f"{' ...' if len(changed) > 6 else ''} differ); resuming there would mix the two: "
                               f"choose another --out, or remove the directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(path, new)
+    write_json_atomic(path, new)
     return path
 
 

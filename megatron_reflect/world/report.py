@@ -20,6 +20,7 @@ import math
 import os
 from pathlib import Path
 
+from megatron_reflect.files import write_text_atomic
 from megatron_reflect.world.metrics import holm, mean_ci, paired_t_p, sign_flip_p
 
 PHASES: dict[str, str] = {"after": "metrics", "before": "metrics_base"}
@@ -396,9 +397,7 @@ def write_report(out_dir: str | Path, config: dict) -> dict:
     summary["checks"] = _checks(trained)
     md = table(summary)
     for name, text in (("summary.json", json.dumps(summary, indent=1)), ("table.md", md)):
-        tmp = out / f".tmp-{name}"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_text_atomic(out / name, text)
     if runs:
         plot(summary, out / "plot.png")
     return summary

@@ -23,12 +23,12 @@ skipped when already complete (resumable).
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_reflect.errors import ConfigError
+from megatron_reflect.files import write_text_atomic
 from megatron_reflect.reflection import Reflection, ReflectionTemplate, Verdict
 from megatron_reflect.world.documents import build_corpus, write_jsonl
 from megatron_reflect.world.generator import World
@@ -137,9 +137,7 @@ def write_world(world: World, out_dir: str | Path, cfg: VariantConfig) -> dict[s
     train_sentencepiece(reflected_texts(records, template), paths["tokenizer"].with_suffix(""), cfg.vocab_size,
                         user_symbols=THINK_SYMBOLS)
     check_tokens(build_tokenizer("sentencepiece", str(paths["tokenizer"]), template), world, template)
-    tmp = paths["world"].with_name("world.json.tmp")
-    tmp.write_text(world.to_json())
-    os.replace(tmp, paths["world"])
+    write_text_atomic(paths["world"], world.to_json())
     return paths
 
 
