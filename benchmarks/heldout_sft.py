@@ -35,7 +35,8 @@ medication questions) and ``LiveQA/test.jsonl`` (consumer health questions).
 the pipeline (``tools/prepare_sft.py --labeler NAME``), as a user without harm labels would make
 them, instead of the chat file's own ``harmful`` field; ``request_agreement`` scores the labeler's
 verdict on every user turn against that field, and counts the Safe answers that an Unsafe verdict
-on one of their segments cut short.
+on one of their segments cut short (and, for ``classifier``, the AUROC of its P(unsafe) on the
+requests); ``--agreement-only`` stops there, without SFT.
 
 The hand-written loop that tools/sft.py had before TRL (``bench_sft.legacy_train_chat``) is
 trained on the same tokenized rows with the same optimizer settings and evaluated the same way.
@@ -189,6 +190,20 @@ def request_agreement(chat_file: Path, sft_file: Path) -> dict:
             "false_flag_rate": counts["benign_flagged"] / max(counts["benign"], 1)}
 
 
+def classifier_auroc(chat_file: Path) -> float:
+    """AUROC of the default classifier labeler's P(unsafe) on the chat file's user turns, harmful
+    (the ``harmful`` field) against benign: how well it ranks them, whatever its threshold."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from megatron_reflect.data.labelers.classifier import ClassifierLabeler
+
+    turns = [(m["content"], bool(m.get("harmful", r.get("harmful", False))))
+             for r in _jsonl(chat_file) for m in r["messages"] if m["role"] == "user"]
+    p_unsafe, _ = ClassifierLabeler().scores([t for t, _ in turns])
+    return float(roc_auc_score(np.array([h for _, h in turns], dtype=int), p_unsafe))
+
+
 def evaluate(model, tok, harmful: list[str], benign: list[str], max_new_tokens: int,
              fresh: dict[str, list[str]] | None = None) -> dict:
     from megatron_reflect.eval.generation import GenerationConfig, generate
@@ -236,6 +251,8 @@ def main() -> int:
                    "PubMedQA pqaa) and evaluate two more fresh benign sets, MedicationQA and LiveQA")
     p.add_argument("--labeler", default=None, help="label with this labeler of the pipeline (prepare_sft --labeler) "
                    "instead of the chat file's harmful field, and score it against that field")
+    p.add_argument("--agreement-only", action="store_true", help="with --labeler: stop after scoring the labeler's "
+                   "verdicts on the chat file (no SFT)")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.out)
@@ -248,6 +265,11 @@ def main() -> int:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     if a.labeler:
         result["labeler_agreement"] = request_agreement(out / "chat_train.jsonl", out / "sft.jsonl")
+        if a.labeler == "classifier":
+            result["labeler_agreement"]["auroc"] = classifier_auroc(out / "chat_train.jsonl")
+        if a.agreement_only:
+            print(json.dumps(result["labeler_agreement"], indent=1))
+            return 0
     result["prepare_sft"] = {k: v for k, v in json.loads((out / "sft.jsonl.stats.json").read_text()).items()
                              if k in ("conversations", "skipped", "requests", "assistant_turns", "reflections")}
     result["commands"] = {"prepare_sft": " ".join(cmd[1:])}
