@@ -166,6 +166,10 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
             "howto_train": min(n_howto, len(piqa_val)), "health_train": n_health, "heldout_harmful": len(harmful_held),
             "heldout_benign": len(held_benign), "bss_usable": len(bss)}
 
+def user_turns(chat_file: Path) -> dict[str, list[tuple[str, bool]]]:
+    """Each record's user turns as (text, harmful), the label on the message or else on the record."""
+    return {r["id"]: [(m["content"], bool(m.get("harmful", r.get("harmful", False))))
+                      for m in r["messages"] if m["role"] == "user"] for r in _jsonl(chat_file)}
 
 
 def request_agreement(chat_file: Path, sft_file: Path) -> dict:
@@ -173,13 +177,11 @@ def request_agreement(chat_file: Path, sft_file: Path) -> dict:
     it) against the chat file's ``harmful`` field; and Safe answers cut short by an Unsafe segment."""
     from megatron_reflect.reflection import DEFAULT_TEMPLATE, Verdict
 
-    truth = {}
-    for r in _jsonl(chat_file):
-        truth[r["id"]] = [bool(m.get("harmful", r.get("harmful", False))) for m in r["messages"] if m["role"] == "user"]
+    truth = user_turns(chat_file)
     counts = {"harmful_flagged": 0, "harmful": 0, "benign_flagged": 0, "benign": 0, "benign_answers_cut": 0}
     for r in _jsonl(sft_file):
         answers = [m["content"] for m in r["messages"] if m["role"] == "assistant"]
-        for harmful, content in zip(truth[r["id"]], answers):
+        for (_, harmful), content in zip(truth[r["id"]], answers):
             verdicts = [x.verdict for x in DEFAULT_TEMPLATE.parse(content)]
             flagged = bool(verdicts) and verdicts[0] is not Verdict.SAFE
             kind = "harmful" if harmful else "benign"
@@ -198,8 +200,7 @@ def classifier_auroc(chat_file: Path) -> float:
 
     from megatron_reflect.data.labelers.classifier import ClassifierLabeler
 
-    turns = [(m["content"], bool(m.get("harmful", r.get("harmful", False))))
-             for r in _jsonl(chat_file) for m in r["messages"] if m["role"] == "user"]
+    turns = [turn for record in user_turns(chat_file).values() for turn in record]
     p_unsafe, _ = ClassifierLabeler().scores([t for t, _ in turns])
     return float(roc_auc_score(np.array([h for _, h in turns], dtype=int), p_unsafe))
 
@@ -257,7 +258,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.out)
     t0 = time.perf_counter()
-    result: dict = {"data": build_data(out, a.n_harmful, a.n_heldout, a.n_benign_heldout, a.howto, a.health), "args": vars(a)}
+    data = build_data(out, a.n_harmful, a.n_heldout, a.n_benign_heldout, a.howto, a.health)
+    result: dict = {"data": data, "args": vars(a)}
     py = sys.executable
     cmd = [py, str(ROOT / "tools" / "prepare_sft.py"), "--input", str(out / "chat_train.jsonl"),
            "--output", str(out / "sft.jsonl"), "--reflect-every", "40", "--no-resume"] + \
