@@ -72,6 +72,16 @@ def test_rendering_masks_and_counts(tmp_path):
     assert stats["assistant_turns"] == {"answer": 1, "unsafe_stop": 2}
     assert stats["reflections"] == {"Safe": 5, "Unsafe": 2}
     assert json.loads((tmp_path / "sft.jsonl.stats.json").read_text())["reflections"] == stats["reflections"]
+    assert stats["refused_not_unsafe"] == 0  # the one refusal answers a request labelled Unsafe
+
+    # a label source that misses the harmful request: its refusal becomes a Safe answer, and is counted
+    missed = json.loads(json.dumps(CONVERSATION))
+    missed["messages"][3]["harmful"] = False
+    _write(tmp_path / "missed.jsonl", [missed])
+    mstats = prepare_file(tmp_path / "missed.jsonl", tmp_path / "missed_sft.jsonl", _cfg())
+    (mconv,) = [json.loads(x) for x in (tmp_path / "missed_sft.jsonl").read_text().splitlines()]
+    assert mconv["messages"][4]["content"] == f" <think> Safe </think> {REFUSAL} <think> Safe </think>"
+    assert mstats["refused_not_unsafe"] == 1 and mstats["requests"] == {"Safe": 2}
 
     # keep policy: the data's refusal follows the Unsafe reflection; recovery: untrained harmful words, then stop
     prepare_file(src, tmp_path / "keep.jsonl", _cfg(refusal_policy="keep", recovery_rate=1.0, recovery_words=3))

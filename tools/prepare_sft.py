@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in stats.items() if k != "skipped_records"}, indent=1))
+    if stats["refused_not_unsafe"]:
+        print(f"warning: {stats['refused_not_unsafe']} answers in {a.input} open with a refusal after a request that "
+              "the labels do not call Unsafe; they are trained as Safe answers. A label source that misses harmful "
+              "requests teaches refusals without Unsafe reflections (docs/POSTTRAINING.md, the --labeler run).",
+              file=sys.stderr)
     return 0
 
 

@@ -276,6 +276,17 @@ class Renderer:
         return Rendered(text, "answer_stopped" if stopped else "answer")
 
 
+def opens_with_refusal(answer: str, window: int = 80) -> bool:
+    """Whether an answer opens with a refusal phrase (the refusal judge's list, first ``window``
+    characters).  A refusal after a request the labels call Safe is a disagreement between the
+    data and the label source, counted in the stats (``refused_not_unsafe``): such refusals are
+    trained as Safe answers, after a Safe reflection."""
+    from megatron_reflect.eval.judges.refusal import REFUSAL_PHRASES
+
+    head = answer[:window].lower().replace("\u2019", "'")
+    return any(phrase in head for phrase in REFUSAL_PHRASES)
+
+
 def render_conversation(conv: Conversation, turns: dict[int, list[tuple[Segment, Label]] | None],
                         renderer: Renderer, cfg: PrepareConfig, stats: Counter[str]) -> dict:
     """The output record of one conversation; counts verdicts and turn kinds into ``stats``."""
@@ -292,6 +303,8 @@ def render_conversation(conv: Conversation, turns: dict[int, list[tuple[Segment,
             messages.append({"role": "user", "content": m.content})
             continue
         answer = turns.get(i)
+        if request.verdict is not Verdict.UNSAFE and opens_with_refusal(m.content):
+            stats["refused_not_unsafe"] += 1  # the data refuses a request the labels do not call Unsafe
         recover = cfg.recovery_words if (request.verdict is Verdict.UNSAFE and cfg.recovery_rate > 0
                                          and rng.random() < cfg.recovery_rate) else None
         r = renderer.turn(request, answer, cfg.refusal_policy, recover)
@@ -409,6 +422,7 @@ def prepare_file(input_path: str | Path, output_path: str | Path, cfg: PrepareCo
               "assistant_turns": {k.removeprefix("turn_"): v for k, v in sorted(total.items()) if k.startswith("turn_")},
               "reflections": {k.removeprefix("reflection_"): v for k, v in sorted(total.items())
                               if k.startswith("reflection_")},
+              "refused_not_unsafe": total.pop("refused_not_unsafe", 0),
               "skipped_records": listed, "settings": settings["config"], "seconds": round(seconds, 3)}
     write_text_atomic(stats_file, json.dumps(result, indent=1))
     shutil.rmtree(parts)
