@@ -18,7 +18,9 @@ gets the Unsafe reflection and the end of the turn (--refusal-policy keep: a ref
 the data gives stays after it); --recovery-rate adds "a few words, then Unsafe, stop".
 Bad records are skipped and listed (file:line) in <output>.stats.json, or raise with
 --strict.  Output and stats are written atomically; a killed run resumes (--no-resume
-starts over).
+starts over).  The stats count answers that open with a refusal after a request the labels
+do not call Unsafe (refused_not_unsafe), with a warning: the sign of a label source that
+misses harmful requests (the default classifier found 18% of a medical-misuse set).
 """
 
 from __future__ import annotations
