@@ -53,12 +53,14 @@ from megatron_reflect.data.readers import DEFAULT_MAX_CHARS, ReadPosition, Skipp
 from megatron_reflect.data.segment import SegmenterConfig, segment_spans
 from megatron_reflect.data.types import Document, Label, Labeler, Segment
 from megatron_reflect.errors import ConfigError, DataError
+from megatron_reflect.eval.judges.refusal import has_refusal_phrase
 from megatron_reflect.files import write_text_atomic
 from megatron_reflect.posttrain.chat import Conversation, iter_conversations
 from megatron_reflect.reflection import DEFAULT_TEMPLATE, Reflection, ReflectionTemplate, Verdict
 
 REFUSAL_POLICIES = ("stop", "keep")
 MAX_LISTED_SKIPS = 1000
+REFUSAL_WINDOW = 80  # characters of an answer searched for a refusal phrase (refused_not_unsafe)
 _TRUE = {"true", "yes", "1", "harmful", "unsafe"}
 _FALSE = {"false", "no", "0", "harmless", "benign", "not harmful", "safe"}
 
@@ -276,17 +278,6 @@ class Renderer:
         return Rendered(text, "answer_stopped" if stopped else "answer")
 
 
-def opens_with_refusal(answer: str, window: int = 80) -> bool:
-    """Whether an answer opens with a refusal phrase (the refusal judge's list, first ``window``
-    characters).  A refusal after a request the labels call Safe is a disagreement between the
-    data and the label source, counted in the stats (``refused_not_unsafe``): such refusals are
-    trained as Safe answers, after a Safe reflection."""
-    from megatron_reflect.eval.judges.refusal import REFUSAL_PHRASES
-
-    head = answer[:window].lower().replace("\u2019", "'")
-    return any(phrase in head for phrase in REFUSAL_PHRASES)
-
-
 def render_conversation(conv: Conversation, turns: dict[int, list[tuple[Segment, Label]] | None],
                         renderer: Renderer, cfg: PrepareConfig, stats: Counter[str]) -> dict:
     """The output record of one conversation; counts verdicts and turn kinds into ``stats``."""
@@ -303,8 +294,10 @@ def render_conversation(conv: Conversation, turns: dict[int, list[tuple[Segment,
             messages.append({"role": "user", "content": m.content})
             continue
         answer = turns.get(i)
-        if request.verdict is not Verdict.UNSAFE and opens_with_refusal(m.content):
-            stats["refused_not_unsafe"] += 1  # the data refuses a request the labels do not call Unsafe
+        if request.verdict is not Verdict.UNSAFE and has_refusal_phrase(m.content, REFUSAL_WINDOW):
+            # the data refuses a request the labels do not call Unsafe: the refusal is trained as a Safe
+            # answer, the sign of a label source that misses harmful requests
+            stats["refused_not_unsafe"] += 1
         recover = cfg.recovery_words if (request.verdict is Verdict.UNSAFE and cfg.recovery_rate > 0
                                          and rng.random() < cfg.recovery_rate) else None
         r = renderer.turn(request, answer, cfg.refusal_policy, recover)
