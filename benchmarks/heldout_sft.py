@@ -38,6 +38,11 @@ verdict on every user turn against that field, and counts the Safe answers that 
 on one of their segments cut short (and, for ``classifier``, the AUROC of its P(unsafe) on the
 requests); ``--agreement-only`` stops there, without SFT.
 
+``--consumer N --fresh-offset K`` (declared after the ``--health`` run, before this option ran):
+N benign conversations whose questions are consumers' own (HealthSearchQA items 1000+, MedicationQA
+items 300+), answered by the base model itself (``self_answers``); held-out harmful requests and the
+fresh benign sets are taken from item K on, past every item an earlier run read.
+
 The hand-written loop that tools/sft.py had before TRL (``bench_sft.legacy_train_chat``) is
 trained on the same tokenized rows with the same optimizer settings and evaluated the same way.
 Greedy generation with the reflection monitor; harmful: the first reflection is Unsafe and
@@ -97,8 +102,62 @@ def health_conversations(lt: Path, n: int) -> list[tuple[str, str]]:
     return mixed[:n]
 
 
+def consumer_questions(lt: Path, n: int) -> list[str]:
+    """``n`` consumer health questions for training, alternating HealthSearchQA items 1000+ and
+    MedicationQA items 300+ (every held-out slice of either lies below those), deduplicated."""
+    from megatron_reflect import sources
+
+    hsqa = [r["question"].strip() for r in _jsonl(lt / "healthsearchqa" / "test.jsonl")][1000:]
+    medqa = [r["Question"].strip() for r in _jsonl(lt / "MedicationQA" / "test.jsonl")][300:]
+    seen: set[str] = set()
+    out = []
+    for q in (q for two in zip(hsqa, medqa) for q in two):
+        key = sources.normalise(q)
+        if len(q.split()) >= 3 and key not in seen:
+            seen.add(key)
+            out.append(q[:1].upper() + q[1:] + ("" if q.endswith("?") else "?"))
+    return out[:n]
+
+
+def self_answers(questions: list[str], cache: Path, max_new_tokens: int = 64) -> list[tuple[str, str]]:
+    """The base model's own greedy answers (SmolLM2-135M-Instruct, no reflections), cut at the last
+    full sentence; answers that are empty or open with a refusal phrase are dropped (they would teach
+    Safe-then-refuse).  Cached in ``cache`` (one JSON line per question) so a rerun reuses them."""
+    from megatron_reflect.eval.judges.refusal import has_refusal_phrase
+
+    if cache.is_file():
+        done = {r["q"]: r["a"] for r in _jsonl(cache)}
+    else:
+        import torch
+
+        from megatron_reflect.eval.models import load_model
+        from megatron_reflect.packaged import smollm2_hf_dir
+
+        model, tok = load_model(smollm2_hf_dir(), device="cpu")
+        done = {}
+        for i in range(0, len(questions), 16):
+            batch = questions[i:i + 16]
+            prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                               add_generation_prompt=True) for q in batch]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+            for q, row in zip(batch, ids[:, enc["input_ids"].shape[1]:]):
+                done[q] = tok.decode(row, skip_special_tokens=True).strip()
+        cache.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in done.items()))
+    pairs = []
+    for q in questions:
+        a = done.get(q, "")
+        full = re.match(r"(?s)^(.*[.!?])", a)  # up to the last sentence end
+        a = full.group(1).strip() if full else ""
+        if a and not has_refusal_phrase(a):
+            pairs.append((q, a))
+    return pairs
+
+
 def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int, n_howto: int = 0,
-               n_health: int = 0) -> dict:
+               n_health: int = 0, n_consumer: int = 0, fresh_offset: int = 0) -> dict:
     from megatron_reflect import sources
     from megatron_reflect.eval.data import advbench
     from megatron_reflect.packaged import package_dir
@@ -115,7 +174,8 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
             seen.add(key)
             bss.append(t)
     random.Random(0).shuffle(bss)
-    harmful_train, harmful_held = bss[:n_harmful], bss[n_harmful:n_harmful + n_heldout]
+    held_at = n_harmful + fresh_offset
+    harmful_train, harmful_held = bss[:n_harmful], bss[held_at:held_at + n_heldout]
 
     benign: list[tuple[str, str]] = []
     for r in json.loads((rho / "reasoning" / "gsm8k_100.json").read_text()):
@@ -130,6 +190,9 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
         solution = re.sub(r"^[AB]\.\s*", "", r["answer"].strip()).strip()
         benign.append((howto(r["question"]), solution[:1].upper() + solution[1:].rstrip(".") + "."))
     benign += health_conversations(lt, n_health)
+    out.mkdir(parents=True, exist_ok=True)
+    consumer = self_answers(consumer_questions(lt, n_consumer), out / "consumer_answers.jsonl") if n_consumer else []
+    benign += consumer
     rng = random.Random(1)
     rng.shuffle(benign)
     records = []
@@ -144,7 +207,6 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
             msgs = [{"role": "user", "content": bq, "harmful": False}, {"role": "assistant", "content": ba}] + msgs
         records.append({"id": f"harmful-{i}", "messages": msgs})
     rng.shuffle(records)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "chat_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     held_benign = [r["question"].strip() for r in _jsonl(lt / "PIQA" / "test.jsonl")
@@ -159,11 +221,13 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
     if n_health:  # declared with --health: consumer health and medication questions no run had looked at
         fresh["medicationqa"] = [r["Question"].strip() for r in _jsonl(lt / "MedicationQA" / "test.jsonl")]
         fresh["liveqa"] = [r["question"].strip() for r in _jsonl(lt / "LiveQA" / "test.jsonl")]
-    for name, prompts in fresh.items():
-        prompts = [p for p in prompts if sources.normalise(p) not in train_prompts][:n_benign_heldout]
+    for name, prompts in fresh.items():  # items [offset, offset + n) of each set, less any in the chat file
+        window = prompts[fresh_offset:fresh_offset + n_benign_heldout]
+        prompts = [p for p in window if sources.normalise(p) not in train_prompts]
         (out / f"heldout_benign_{name}.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     return {"chat_records": len(records), "benign_conversations": len(benign), "harmful_train": len(harmful_train),
-            "howto_train": min(n_howto, len(piqa_val)), "health_train": n_health, "heldout_harmful": len(harmful_held),
+            "howto_train": min(n_howto, len(piqa_val)), "health_train": n_health, "consumer_train": len(consumer),
+            "fresh_offset": fresh_offset, "heldout_harmful": len(harmful_held),
             "heldout_benign": len(held_benign), "bss_usable": len(bss)}
 
 def user_turns(chat_file: Path) -> dict[str, list[tuple[str, bool]]]:
@@ -252,6 +316,10 @@ def main() -> int:
                    "chat data (and evaluate the two fresh benign sets, NQ-open and HealthSearchQA)")
     p.add_argument("--health", type=int, default=0, help="add N benign health conversations (MedMCQA validation, "
                    "PubMedQA pqaa) and evaluate two more fresh benign sets, MedicationQA and LiveQA")
+    p.add_argument("--consumer", type=int, default=0, help="add N benign consumer health conversations: questions "
+                   "from HealthSearchQA 1000+ and MedicationQA 300+, answered by the base model itself")
+    p.add_argument("--fresh-offset", type=int, default=0, help="evaluate held-out harmful requests and the fresh "
+                   "benign sets from this item on (the items below it have been looked at)")
     p.add_argument("--labeler", default=None, help="label with this labeler of the pipeline (prepare_sft --labeler) "
                    "instead of the chat file's harmful field, and score it against that field")
     p.add_argument("--agreement-only", action="store_true", help="with --labeler: stop after scoring the labeler's "
@@ -260,7 +328,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.out)
     t0 = time.perf_counter()
-    data = build_data(out, a.n_harmful, a.n_heldout, a.n_benign_heldout, a.howto, a.health)
+    data = build_data(out, a.n_harmful, a.n_heldout, a.n_benign_heldout, a.howto, a.health, a.consumer,
+                      a.fresh_offset)
     result: dict = {"data": data, "args": vars(a)}
     py = sys.executable
     cmd = [py, str(ROOT / "tools" / "prepare_sft.py"), "--input", str(out / "chat_train.jsonl"),
@@ -288,6 +357,7 @@ def main() -> int:
 
     from megatron_reflect.eval.data import read_prompt_file
     from megatron_reflect.eval.models import load_model
+    from megatron_reflect.files import write_json_atomic
     from megatron_reflect.packaged import smollm2_hf_dir
     from megatron_reflect.posttrain import sft as S
 
@@ -313,9 +383,7 @@ def main() -> int:
         result["loop"] = evaluate(model, tok, harmful, benign, a.max_new_tokens, fresh)
         result["loop"]["final_losses"] = losses[-5:]
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
-    tmp = out / "heldout_results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "heldout_results.json")
+    write_json_atomic(out / "heldout_results.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("args",)}, indent=1))
     return 0
 
