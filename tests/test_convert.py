@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,13 +167,14 @@ def smollm2() -> dict:
 # SmolLM2-135M has 9 heads in 3 KV groups: TP must divide 3 (TP=2 is impossible for it; the tiny
 # models above cover TP=2).
 @pytest.fixture(scope="module", params=[1, 3], ids=["tp1", "tp3"])
-def smollm2_converted(request, smollm2: dict, tmp_path_factory) -> dict:
+def smollm2_converted(request, smollm2: dict, tmp_path_factory) -> Iterator[dict]:
     tp = request.param
     root = tmp_path_factory.mktemp(f"smollm2_tp{tp}")
     ckpt = import_hf(smollm2["dir"], root / "ckpt", tp=tp)
     logits = megatron_logits(ckpt, smollm2["tokens"], tp=tp)
     exported = export_checkpoint(ckpt, root / "hf")
-    return {"tp": tp, "ckpt": ckpt, "megatron_logits": logits, "exported": exported}
+    yield {"tp": tp, "ckpt": ckpt, "megatron_logits": logits, "exported": exported}
+    shutil.rmtree(root)  # 1 GB per TP: a CI machine's disk is not ours to fill
 
 
 def test_smollm2_logits_match_through_megatron_and_back(smollm2: dict, smollm2_converted: dict) -> None:
@@ -209,7 +212,6 @@ def test_smollm2_export_loads_with_plain_transformers_and_generates(smollm2: dic
 
 def test_export_records_the_checkpoints_reflection_format(tiny_tied: tuple[Path, Path], tmp_path: Path) -> None:
     import dataclasses
-    import shutil
 
     ckpt = Path(shutil.copytree(tiny_tied[1], tmp_path / "ckpt"))
     custom = dataclasses.replace(DEFAULT_TEMPLATE, open_tag="<reflect>", close_tag="</reflect>",
@@ -265,7 +267,6 @@ def test_import_layout_that_does_not_divide_the_model(tmp_path: Path) -> None:
 
 
 def test_export_with_a_missing_tensor_and_a_bad_tokenizer(tiny_tied: tuple[Path, Path], tmp_path: Path) -> None:
-    import shutil
 
     ckpt = Path(shutil.copytree(tiny_tied[1], tmp_path / "ckpt"))
     bad_tok = tmp_path / "no_tokenizer"
@@ -301,7 +302,6 @@ def test_cli_reports_bad_input_and_verifies(tiny_tied: tuple[Path, Path], tmp_pa
 
 def test_export_with_a_tokenizer_that_is_not_a_description(tiny_tied: tuple[Path, Path], tmp_path: Path) -> None:
     """What tools/gpu_check.py once recorded ({"vocab_size": V}) fails as a ConversionError, not a KeyError."""
-    import shutil
 
     ckpt = Path(shutil.copytree(tiny_tied[1], tmp_path / "ckpt"))
     meta = json.loads((ckpt / "meta.json").read_text())

@@ -58,8 +58,8 @@ def bare_site(dest: Path) -> list[str]:
 
 
 BARE_RUN = """
-import pathlib, site, sys, tempfile
-bare, target, repo, tokenizer = sys.argv[1:5]
+import pathlib, site, sys
+bare, target, repo, tokenizer, work = sys.argv[1:6]
 site.addsitedir(bare)
 sys.path[:0] = [target, repo, repo + "/tools"]
 import megatron.core
@@ -72,7 +72,7 @@ for absent in ("transformer_engine", "apex", "sklearn", "tensorboard", "zstandar
     raise SystemExit(f"{absent} importable: the simulated host is not bare")
 import gpu_check
 info = gpu_check.tokenizer_info(tokenizer)
-print(gpu_check.resume_check(pathlib.Path(tempfile.mkdtemp()), int(info["tokenizer"]["vocab_size"]), info,
+print(gpu_check.resume_check(pathlib.Path(work), int(info["tokenizer"]["vocab_size"]), info,
                              preset="tiny", seq=32, steps=4))
 """
 
@@ -101,6 +101,6 @@ def test_bundle_installs_offline_into_a_clean_target_and_runs(tmp_path: Path) ->
     assert "torch" in names and "megatron-core" not in names and "psutil" not in names
     env = {**os.environ, "MEGATRON_REFLECT_DEVICE": "cpu", "PYTHONPATH": ""}
     run = subprocess.run([sys.executable, "-S", "-c", BARE_RUN, str(tmp_path / "bare"), str(target), str(ROOT),
-                          str(bundle / "tokenizer")], capture_output=True, text=True, timeout=300, env=env)
+                          str(bundle / "tokenizer"), str(tmp_path / "resume")], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "resumed from step_00000002" in run.stdout and "max |diff| 0.00e+00" in run.stdout, run.stdout
