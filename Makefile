@@ -38,10 +38,10 @@ $(STAMP): setup.py constraints.txt requirements-data.txt tools/find_python312.sh
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# The suite writes up to ~1.5 GB at a time under $TMPDIR (checkpoints; each test's files go as it passes).
+# The suite writes up to ~1 GB at a time under $TMPDIR (checkpoints; each test's files go as it passes).
 test: $(STAMP) $(FORTUNES)
 	@free=$$(df -Pk "$${TMPDIR:-/tmp}" | awk 'NR==2 {print int($$4 / 1048576)}'); \
-	  if [ "$$free" -lt 3 ]; then echo "[test] warning: $${free} GB free under $${TMPDIR:-/tmp}; the suite needs ~1.5 GB"; fi
+	  if [ "$$free" -lt 3 ]; then echo "[test] warning: $${free} GB free under $${TMPDIR:-/tmp}; the suite needs ~1 GB"; fi
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -299,6 +299,37 @@ def evaluate(model, tok, harmful: list[str], benign: list[str], max_new_tokens: 
             "examples": {"harmful": [g.text for g in h[:3]], "benign": [g.text for g in b[:3]]}}
 
 
+def heldout_sets(out: Path, with_fresh: bool) -> tuple[list[str], list[str], dict[str, list[str]] | None]:
+    """The held-out harmful and benign prompts that ``build_data`` wrote, and the fresh benign sets."""
+    from megatron_reflect.eval.data import read_prompt_file
+
+    harmful = [p.text for p in read_prompt_file(out / "heldout_harmful.jsonl")]
+    benign = [p.text for p in read_prompt_file(out / "heldout_benign.jsonl")]
+    fresh = {p.stem.removeprefix("heldout_benign_"): [x.text for x in read_prompt_file(p)]
+             for p in sorted(out.glob("heldout_benign_*.jsonl"))} if with_fresh else None
+    return harmful, benign, fresh
+
+
+def former_loop(a: argparse.Namespace, out: Path, harmful: list[str], benign: list[str],
+                fresh: dict[str, list[str]] | None) -> dict:
+    """The hand-written loop tools/sft.py had before TRL, on the same tokenized rows and settings."""
+    from bench_sft import legacy_train_chat
+
+    from megatron_reflect.eval.models import load_model
+    from megatron_reflect.packaged import smollm2_hf_dir
+    from megatron_reflect.posttrain import sft as S
+
+    model, tok = load_model(smollm2_hf_dir(), device="cpu")
+    rows = S._rows(tok, S.read_sft_file(out / "sft.jsonl"), a.max_length)
+    cfg = S.TrainConfig(lr=a.lr, steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, device="cpu",
+                        train_last_layers=a.train_last_layers)
+    t1 = time.perf_counter()
+    losses = legacy_train_chat(model, tok, rows, cfg, [])
+    seconds = round(time.perf_counter() - t1, 1)
+    loop = evaluate(model, tok, harmful, benign, a.max_new_tokens, fresh)
+    return {"loop_sft_seconds": seconds, "loop": {**loop, "final_losses": losses[-5:]}}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/heldout_sft")
@@ -324,9 +355,20 @@ def main() -> int:
                    "instead of the chat file's harmful field, and score it against that field")
     p.add_argument("--agreement-only", action="store_true", help="with --labeler: stop after scoring the labeler's "
                    "verdicts on the chat file (no SFT)")
+    p.add_argument("--loop-only", action="store_true", help="train and evaluate only the former loop, on the "
+                   "data and held-out sets of the finished run in --out (with its stored settings); adds to its results")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.out)
+    from megatron_reflect.files import write_json_atomic
+
+    if a.loop_only:
+        result = json.loads((out / "heldout_results.json").read_text())
+        run = argparse.Namespace(**result["args"])
+        result.update(former_loop(run, out, *heldout_sets(out, bool(run.howto or run.health))))
+        write_json_atomic(out / "heldout_results.json", result)
+        print(json.dumps(result["loop"], indent=1))
+        return 0
     t0 = time.perf_counter()
     data = build_data(out, a.n_harmful, a.n_heldout, a.n_benign_heldout, a.howto, a.health, a.consumer,
                       a.fresh_offset)
@@ -355,33 +397,16 @@ def main() -> int:
     result["trl_sft_seconds"] = round(time.perf_counter() - t1, 1)
     result["commands"]["sft"] = " ".join(sft_cmd[1:])
 
-    from megatron_reflect.eval.data import read_prompt_file
     from megatron_reflect.eval.models import load_model
-    from megatron_reflect.files import write_json_atomic
-    from megatron_reflect.packaged import smollm2_hf_dir
-    from megatron_reflect.posttrain import sft as S
 
-    harmful = [p.text for p in read_prompt_file(out / "heldout_harmful.jsonl")]
-    benign = [p.text for p in read_prompt_file(out / "heldout_benign.jsonl")]
-    fresh = {p.stem.removeprefix("heldout_benign_"): [x.text for x in read_prompt_file(p)]
-             for p in sorted(out.glob("heldout_benign_*.jsonl"))} if a.howto or a.health else None
+    harmful, benign, fresh = heldout_sets(out, bool(a.howto or a.health))
     model, tok = load_model(out / "model_trl", device="cpu")
     result["trl"] = evaluate(model, tok, harmful, benign, a.max_new_tokens, fresh)
     result["trl"]["summary"] = {k: v for k, v in json.loads((out / "model_trl" / "sft_summary.json").read_text()).items()
                                 if k in ("loss_before", "loss_after", "examples")}
     (out / "heldout_results.partial.json").write_text(json.dumps(result, indent=1))
     if not a.skip_loop:
-        from bench_sft import legacy_train_chat
-
-        model, tok = load_model(smollm2_hf_dir(), device="cpu")
-        rows = S._rows(tok, S.read_sft_file(out / "sft.jsonl"), a.max_length)
-        cfg = S.TrainConfig(lr=a.lr, steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, device="cpu",
-                            train_last_layers=a.train_last_layers)
-        t1 = time.perf_counter()
-        losses = legacy_train_chat(model, tok, rows, cfg, [])
-        result["loop_sft_seconds"] = round(time.perf_counter() - t1, 1)
-        result["loop"] = evaluate(model, tok, harmful, benign, a.max_new_tokens, fresh)
-        result["loop"]["final_losses"] = losses[-5:]
+        result.update(former_loop(a, out, harmful, benign, fresh))
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     write_json_atomic(out / "heldout_results.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("args",)}, indent=1))
