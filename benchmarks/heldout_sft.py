@@ -122,21 +122,22 @@ def consumer_questions(lt: Path, n: int) -> list[str]:
 def self_answers(questions: list[str], cache: Path, max_new_tokens: int = 64) -> list[tuple[str, str]]:
     """The base model's own greedy answers (SmolLM2-135M-Instruct, no reflections), cut at the last
     full sentence; answers that are empty or open with a refusal phrase are dropped (they would teach
-    Safe-then-refuse).  Cached in ``cache`` (one JSON line per question) so a rerun reuses them."""
+    Safe-then-refuse).  Cached in ``cache`` (one JSON line per question): a rerun generates only
+the questions it lacks."""
     from megatron_reflect.eval.judges.refusal import has_refusal_phrase
+    from megatron_reflect.files import write_text_atomic
 
-    if cache.is_file():
-        done = {r["q"]: r["a"] for r in _jsonl(cache)}
-    else:
+    done = {r["q"]: r["a"] for r in _jsonl(cache)} if cache.is_file() else {}
+    todo = [q for q in questions if q not in done]
+    if todo:
         import torch
 
         from megatron_reflect.eval.models import load_model
         from megatron_reflect.packaged import smollm2_hf_dir
 
         model, tok = load_model(smollm2_hf_dir(), device="cpu")
-        done = {}
-        for i in range(0, len(questions), 16):
-            batch = questions[i:i + 16]
+        for i in range(0, len(todo), 16):
+            batch = todo[i:i + 16]
             prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                                add_generation_prompt=True) for q in batch]
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -145,10 +146,10 @@ def self_answers(questions: list[str], cache: Path, max_new_tokens: int = 64) ->
                                      pad_token_id=tok.pad_token_id)
             for q, row in zip(batch, ids[:, enc["input_ids"].shape[1]:]):
                 done[q] = tok.decode(row, skip_special_tokens=True).strip()
-        cache.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in done.items()))
+        write_text_atomic(cache, "".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in done.items()))
     pairs = []
     for q in questions:
-        a = done.get(q, "")
+        a = done[q]
         full = re.match(r"(?s)^(.*[.!?])", a)  # up to the last sentence end
         a = full.group(1).strip() if full else ""
         if a and not has_refusal_phrase(a):
