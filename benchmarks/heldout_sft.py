@@ -123,29 +123,21 @@ def self_answers(questions: list[str], cache: Path, max_new_tokens: int = 64) ->
     """The base model's own greedy answers (SmolLM2-135M-Instruct, no reflections), cut at the last
     full sentence; answers that are empty or open with a refusal phrase are dropped (they would teach
     Safe-then-refuse).  Cached in ``cache`` (one JSON line per question): a rerun generates only
-the questions it lacks."""
+    the questions it lacks."""
     from megatron_reflect.eval.judges.refusal import has_refusal_phrase
     from megatron_reflect.files import write_text_atomic
 
     done = {r["q"]: r["a"] for r in _jsonl(cache)} if cache.is_file() else {}
     todo = [q for q in questions if q not in done]
     if todo:
-        import torch
-
+        from megatron_reflect.eval.generation import GenerationConfig, generate
         from megatron_reflect.eval.models import load_model
         from megatron_reflect.packaged import smollm2_hf_dir
+        from megatron_reflect.reflection import DEFAULT_TEMPLATE
 
         model, tok = load_model(smollm2_hf_dir(), device="cpu")
-        for i in range(0, len(todo), 16):
-            batch = todo[i:i + 16]
-            prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                               add_generation_prompt=True) for q in batch]
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-            for q, row in zip(batch, ids[:, enc["input_ids"].shape[1]:]):
-                done[q] = tok.decode(row, skip_special_tokens=True).strip()
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=16, monitor=False)
+        done.update((g.prompt, g.text.strip()) for g in generate(model, tok, todo, DEFAULT_TEMPLATE, cfg))
         write_text_atomic(cache, "".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in done.items()))
     pairs = []
     for q in questions:
@@ -230,6 +222,7 @@ def build_data(out: Path, n_harmful: int, n_heldout: int, n_benign_heldout: int,
             "howto_train": min(n_howto, len(piqa_val)), "health_train": n_health, "consumer_train": len(consumer),
             "fresh_offset": fresh_offset, "heldout_harmful": len(harmful_held),
             "heldout_benign": len(held_benign), "bss_usable": len(bss)}
+
 
 def user_turns(chat_file: Path) -> dict[str, list[tuple[str, bool]]]:
     """Each record's user turns as (text, harmful), the label on the message or else on the record."""

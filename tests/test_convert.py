@@ -267,7 +267,6 @@ def test_import_layout_that_does_not_divide_the_model(tmp_path: Path) -> None:
 
 
 def test_export_with_a_missing_tensor_and_a_bad_tokenizer(tiny_tied: tuple[Path, Path], tmp_path: Path) -> None:
-
     ckpt = Path(shutil.copytree(tiny_tied[1], tmp_path / "ckpt"))
     bad_tok = tmp_path / "no_tokenizer"
     bad_tok.mkdir()
@@ -302,7 +301,6 @@ def test_cli_reports_bad_input_and_verifies(tiny_tied: tuple[Path, Path], tmp_pa
 
 def test_export_with_a_tokenizer_that_is_not_a_description(tiny_tied: tuple[Path, Path], tmp_path: Path) -> None:
     """What tools/gpu_check.py once recorded ({"vocab_size": V}) fails as a ConversionError, not a KeyError."""
-
     ckpt = Path(shutil.copytree(tiny_tied[1], tmp_path / "ckpt"))
     meta = json.loads((ckpt / "meta.json").read_text())
     for bad, match in (({"vocab_size": 300}, r"meta.json: 'tokenizer' has no 'type' \(it has \['vocab_size'\]\)"),

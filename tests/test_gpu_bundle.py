@@ -101,6 +101,7 @@ def test_bundle_installs_offline_into_a_clean_target_and_runs(tmp_path: Path) ->
     assert "torch" in names and "megatron-core" not in names and "psutil" not in names
     env = {**os.environ, "MEGATRON_REFLECT_DEVICE": "cpu", "PYTHONPATH": ""}
     run = subprocess.run([sys.executable, "-S", "-c", BARE_RUN, str(tmp_path / "bare"), str(target), str(ROOT),
-                          str(bundle / "tokenizer"), str(tmp_path / "resume")], capture_output=True, text=True, timeout=300, env=env)
+                          str(bundle / "tokenizer"), str(tmp_path / "resume")],
+                         capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "resumed from step_00000002" in run.stdout and "max |diff| 0.00e+00" in run.stdout, run.stdout

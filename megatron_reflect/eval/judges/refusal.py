@@ -42,7 +42,7 @@ class RefusalJudge:
                  phrases: tuple[str, ...] = REFUSAL_PHRASES) -> None:
         self.reflection_aware = reflection_aware
         self.window = window
-        self._re = _PHRASES_RE if phrases == REFUSAL_PHRASES else re.compile("|".join(re.escape(p) for p in phrases))
+        self._re = re.compile("|".join(re.escape(p) for p in phrases))
 
     def refused(self, sample: Sample) -> bool:
         if self.reflection_aware and sample.refused_by_reflection:
